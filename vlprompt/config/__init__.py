@@ -33,11 +33,11 @@ def full_keys(cfg, prefix=""):
     return keys
 
 
-def _unknown_key(cfg, full_key, source):
+def _unknown_key(cfg, full_key, source, is_group=False):
     where = f" in {source}" if source else ""
     msg = f"Unknown config key '{full_key}'{where}."
     parts = full_key.split(".")
-    if parts[0] == "TRAINER" and len(parts) > 2 and parts[1] not in cfg.TRAINER:
+    if parts[0] == "TRAINER" and (len(parts) > 2 or is_group) and parts[1] not in cfg.TRAINER:
         # The official yamls carry TRAINER.<NAME>.*; that node exists only once its trainer registers it
         close = difflib.get_close_matches(parts[1], list(cfg.TRAINER.keys()), n=3, cutoff=0.6)
         msg += (f" TRAINER.{parts[1]} is added by its trainer's config extension: is that trainer"
@@ -57,7 +57,7 @@ def _check(cfg, node, key_list, value, source, allow_new):
     if not isinstance(node, CfgNode) or key not in node:
         if isinstance(node, CfgNode) and allow_new and node.is_new_allowed():
             return
-        raise _unknown_key(cfg, full_key, source)
+        raise _unknown_key(cfg, full_key, source, is_group=isinstance(value, dict))
     value = CfgNode._decode_cfg_value(value)
     original = node[key]
     if isinstance(value, CfgNode) and isinstance(original, CfgNode):
