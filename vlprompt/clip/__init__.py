@@ -1,0 +1,8 @@
+from .encoders import (
+    PromptedImageEncoder,
+    PromptedTextEncoder,
+    attention_probs,
+    replace_text_prompts,
+    replace_vision_prompts,
+)
+from .load import OFFICIAL_NAMES, get_tokenizer, load_clip, read_state_dict, resolve_architecture

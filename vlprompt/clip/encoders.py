@@ -1,0 +1,181 @@
+"""The one prompted text encoder and the one prompted image encoder every method shares.
+
+Both run open_clip's own residual blocks in order. Before block i they:
+  1. replace the prompt positions of the hidden state with `deep_prompts[i]` when given (i >= 1; layer 0
+     receives its prompts through the input), and
+  2. call `hook(i, x, block)`, which may return a new hidden state (BMIP reads attention scores there).
+Text prompts sit right after SOS (positions 1..n); vision prompts are appended after [CLS, patches].
+With no prompts both encoders equal open_clip's encode_text / encode_image.
+"""
+from typing import Callable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LayerHook = Callable[[int, torch.Tensor, nn.Module], Optional[torch.Tensor]]
+
+
+def _run_blocks(transformer, x, replace_prompts, deep_prompts=None, hook=None, attn_mask=None):
+    """Run every block of an open_clip Transformer, inserting deep prompts and calling the hook first."""
+    for i, block in enumerate(transformer.resblocks):
+        if i > 0 and deep_prompts is not None and i < len(deep_prompts) and deep_prompts[i] is not None:
+            x = replace_prompts(x, deep_prompts[i])
+        if hook is not None:
+            out = hook(i, x, block)
+            x = out if out is not None else x
+        if transformer.batch_first:
+            x = block(x, attn_mask=attn_mask)
+        else:
+            x = block(x.transpose(0, 1), attn_mask=attn_mask).transpose(0, 1)
+    return x
+
+
+def _expand(prompts: torch.Tensor, batch: int) -> torch.Tensor:
+    """[n, d] shared or [B, n, d] per-sample prompts -> [B, n, d]."""
+    return prompts.unsqueeze(0).expand(batch, -1, -1) if prompts.dim() == 2 else prompts
+
+
+def replace_text_prompts(x: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
+    """Overwrite positions 1..n (after SOS) of a text hidden state [B, L, d]."""
+    n = prompts.shape[-2]
+    return torch.cat([x[:, :1], _expand(prompts, x.shape[0]).to(x.dtype), x[:, 1 + n:]], dim=1)
+
+
+def replace_vision_prompts(x: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
+    """Overwrite the last n positions of a vision hidden state [B, L, d]."""
+    n = prompts.shape[-2]
+    return torch.cat([x[:, :-n], _expand(prompts, x.shape[0]).to(x.dtype)], dim=1)
+
+
+def attention_probs(block, x: torch.Tensor, rows, cols, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Attention weights that block `block` gives on input x [B, L, d], averaged over heads.
+
+    Returns [B, len(rows), len(cols)]. Only the query rows asked for are computed (softmax needs whole rows
+    of keys), and no values or output projection: much cheaper than a second attention pass.
+    """
+    attn = block.attn
+    h = block.ln_1(x)
+    d = h.shape[-1]
+    heads = attn.num_heads
+    w, b = attn.in_proj_weight, attn.in_proj_bias
+    q = F.linear(h[:, rows], w[:d], None if b is None else b[:d])
+    k = F.linear(h, w[d:2 * d], None if b is None else b[d:2 * d])
+    B, R, _ = q.shape
+    q = q.view(B, R, heads, d // heads).transpose(1, 2)
+    k = k.view(B, -1, heads, d // heads).transpose(1, 2)
+    scores = q @ k.transpose(-2, -1) / (d // heads) ** 0.5
+    if attn_mask is not None:
+        scores = scores + attn_mask[rows].to(scores.dtype)
+    return scores.softmax(dim=-1)[..., cols].mean(dim=1)
+
+
+class PromptedTextEncoder(nn.Module):
+    """CLIP's text tower (frozen) taking token embeddings, so methods can put learnable context in them."""
+
+    def __init__(self, clip_model):
+        super().__init__()
+        if not hasattr(clip_model, "token_embedding"):
+            raise TypeError("Prompted encoders need a standard open_clip CLIP (text tower at the top level)")
+        self.token_embedding = clip_model.token_embedding
+        self.positional_embedding = clip_model.positional_embedding
+        self.transformer = clip_model.transformer
+        self.ln_final = clip_model.ln_final
+        self.text_projection = clip_model.text_projection
+        self.register_buffer("attn_mask", clip_model.attn_mask, persistent=False)
+        self.context_length = clip_model.context_length
+
+    @property
+    def width(self) -> int:
+        return self.positional_embedding.shape[-1]
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.transformer.resblocks)
+
+    @property
+    def dtype(self):
+        return self.positional_embedding.dtype
+
+    def embed(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """Token embeddings (no positional embedding) of tokenized text [N, L] -> [N, L, d]."""
+        return self.token_embedding(token_ids).to(self.dtype)
+
+    def forward(
+        self,
+        embeddings: torch.Tensor,
+        eot_index: torch.Tensor,
+        deep_prompts: Optional[Sequence[Optional[torch.Tensor]]] = None,
+        hook: Optional[LayerHook] = None,
+        truncate: bool = True,
+    ) -> torch.Tensor:
+        """Text features [N, embed_dim] from input embeddings [N, L, d] and EOT positions [N].
+
+        truncate: run only up to the last EOT position. Exact: the causal mask keeps every EOT output
+        independent of later positions.
+        """
+        length = int(eot_index.max()) + 1 if truncate else embeddings.shape[1]
+        x = embeddings[:, :length].to(self.dtype) + self.positional_embedding[:length]
+        mask = self.attn_mask[:length, :length] if self.attn_mask is not None else None
+        x = _run_blocks(self.transformer, x, replace_text_prompts, deep_prompts, hook, mask)
+        x = self.ln_final(x[torch.arange(x.shape[0], device=x.device), eot_index])
+        proj = self.text_projection
+        if proj is None:
+            return x
+        return proj(x) if isinstance(proj, nn.Linear) else x @ proj
+
+    def encode_tokens(self, token_ids: torch.Tensor, truncate: bool = True) -> torch.Tensor:
+        """Features of plain tokenized text (zero-shot CLIP); equals open_clip's encode_text."""
+        return self.forward(self.embed(token_ids), token_ids.argmax(dim=-1), truncate=truncate)
+
+
+class PromptedImageEncoder(nn.Module):
+    """CLIP's ViT image tower (frozen) with optional prompt tokens appended after [CLS, patches]."""
+
+    def __init__(self, clip_model):
+        super().__init__()
+        visual = clip_model.visual
+        self.visual = visual
+        self.is_vit = hasattr(visual, "conv1") and hasattr(visual, "class_embedding")
+        if self.is_vit and (visual.attn_pool is not None or visual.pool_type != "tok" or visual.final_ln_after_pool):
+            raise NotImplementedError("Prompted image encoder supports CLIP ViTs pooled on the CLS token")
+
+    @property
+    def width(self) -> int:
+        return self.visual.conv1.out_channels
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.visual.transformer.resblocks)
+
+    @property
+    def output_dim(self) -> int:
+        return self.visual.output_dim
+
+    @property
+    def dtype(self):
+        return self.visual.conv1.weight.dtype
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        prompts: Optional[torch.Tensor] = None,
+        deep_prompts: Optional[Sequence[Optional[torch.Tensor]]] = None,
+        hook: Optional[LayerHook] = None,
+    ) -> torch.Tensor:
+        """Image features [B, embed_dim]. prompts: [n, d_v] shared or [B, n, d_v] per image (layer 0)."""
+        v = self.visual
+        if not self.is_vit:
+            if prompts is not None or deep_prompts is not None or hook is not None:
+                raise NotImplementedError("Vision prompts need a ViT backbone")
+            return v(images.to(self.dtype))
+        x = v.conv1(images.to(self.dtype))
+        x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
+        cls = v.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], -1, -1)
+        x = torch.cat([cls, x], dim=1) + v.positional_embedding.to(x.dtype)
+        if prompts is not None:  # after the positional embedding, before ln_pre, as the official MaPLe code
+            x = torch.cat([x, _expand(prompts, x.shape[0]).to(x.dtype)], dim=1)
+        x = v.ln_pre(x)
+        x = _run_blocks(v.transformer, x, replace_vision_prompts, deep_prompts, hook)
+        x = v.ln_post(x[:, 0])
+        return x @ v.proj if v.proj is not None else x
