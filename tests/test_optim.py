@@ -128,13 +128,26 @@ def test_state_dict_round_trip_mid_schedule(schedule, recount, load_optimizer):
     assert not any(isinstance(v, torch.optim.Optimizer) for v in scheduler.state_dict().values())
 
     buffer.seek(0)
-    saved = torch.load(buffer, weights_only=False)
+    saved = torch.load(buffer, weights_only=True)  # plain data only
     _, optimizer, scheduler = make(cfg)  # a fresh run, as on resume
     if load_optimizer:
         optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     after = run_epochs(optimizer, scheduler, MAX_EPOCH - 5)
     assert before + after == reference
+
+
+def test_loads_dassl_state_with_pickled_successor():
+    # Dassl's warmup state_dict holds the successor scheduler object itself
+    cfg = optim_cfg(LR_SCHEDULER="cosine", WARMUP_EPOCH=1, WARMUP_TYPE="constant")
+    _, optimizer, scheduler = make(cfg)
+    reference = run_epochs(optimizer, scheduler, MAX_EPOCH)
+    _, optimizer, scheduler = make(cfg)
+    before = run_epochs(optimizer, scheduler, 4)
+    dassl_style = {k: v for k, v in scheduler.__dict__.items() if k != "optimizer"}
+    _, optimizer, scheduler = make(cfg)
+    scheduler.load_state_dict(dassl_style)
+    assert before + run_epochs(optimizer, scheduler, MAX_EPOCH - 4) == reference
 
 
 def test_adam_family_gets_eps_and_betas():

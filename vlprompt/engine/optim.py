@@ -100,7 +100,10 @@ class WarmupScheduler(LRScheduler):
 
     def load_state_dict(self, state_dict):
         state = dict(state_dict)
-        self.successor.load_state_dict(state.pop("successor"))
+        successor = state.pop("successor")
+        if isinstance(successor, LRScheduler):  # Dassl's own checkpoints pickle the successor object
+            successor = {k: v for k, v in successor.__dict__.items() if k != "optimizer"}
+        self.successor.load_state_dict(successor)
         self.__dict__.update(state)
         # The successors compute each lr from the current one, so the optimizer must hold the saved lrs
         # even if its own state was not loaded
