@@ -85,7 +85,7 @@ def merge_from_file(cfg, path):
     with open(path) as f:
         loaded = yaml.safe_load(f) or {}
     if not isinstance(loaded, dict):
-        raise ConfigError(f"Config file {path} must hold a mapping of keys, got {type(loaded).__name__}")
+        raise ValueError(f"Config file {path} must hold a mapping of keys, got {type(loaded).__name__}")
     other = CfgNode(loaded)
     for k, v in other.items():
         _check(cfg, cfg, [k], v, path, allow_new=True)
