@@ -150,13 +150,18 @@ def load_clip(name: str, path: str = "", device="cpu") -> torch.nn.Module:
             raise ValueError(f"{weights} holds a CustomTextCLIP checkpoint; only standard CLIP models are supported")
         if "logit_scale" in sd and sd["logit_scale"].ndim != model.logit_scale.ndim:
             sd["logit_scale"] = sd["logit_scale"].reshape(model.logit_scale.shape)
-        missing, unexpected = model.load_state_dict(sd, strict=False)
-        if missing or unexpected:
+        own = model.state_dict()
+        missing = sorted(set(own) - set(sd))
+        unexpected = sorted(set(sd) - set(own))
+        wrong_shape = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}"
+                       for k in sorted(set(sd) & set(own)) if sd[k].shape != own[k].shape]
+        if missing or unexpected or wrong_shape:
             raise ValueError(
                 f"Weights in {weights} do not fit architecture '{arch}' (MODEL.BACKBONE.NAME {name}): "
-                f"missing {sorted(missing)[:5]}{'...' if len(missing) > 5 else ''}, "
-                f"unexpected {sorted(unexpected)[:5]}{'...' if len(unexpected) > 5 else ''}"
+                f"{len(missing)} missing {missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}, "
+                f"{len(wrong_shape)} of another shape {wrong_shape[:3]}"
             )
+        model.load_state_dict(sd)
     model = model.float().to(device).eval()
     for p in model.parameters():
         p.requires_grad_(False)

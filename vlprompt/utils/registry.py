@@ -2,6 +2,13 @@
 import difflib
 
 
+class RegistryError(KeyError):
+    """An unknown name. A KeyError with a readable message."""
+
+    def __str__(self):
+        return str(self.args[0]) if self.args else ""
+
+
 class Registry:
     def __init__(self, kind: str):
         self.kind = kind
@@ -23,7 +30,7 @@ class Registry:
         if name not in self._items:
             close = difflib.get_close_matches(name, self._items, n=3, cutoff=0.4)
             hint = f" Did you mean: {', '.join(close)}?" if close else ""
-            raise KeyError(
+            raise RegistryError(
                 f"Unknown {self.kind} '{name}'.{hint} Registered: {', '.join(sorted(self._items))}"
             )
         return self._items[name]
