@@ -1,5 +1,6 @@
 """The restricted unpickler runs nothing a pickle asks for, yet loads real checkpoints."""
 import collections
+import copy
 import os
 import pickle
 import subprocess
@@ -109,6 +110,13 @@ def test_checkpoint_with_pickled_optimizer_and_scheduler_objects(tmp_path, new_f
     assert isinstance(sgd, PickledGlobal) and sgd.pickled_module == "torch.optim.sgd"
     params = sgd.param_groups[0]["params"]
     assert all(torch.equal(p, q) for p, q in zip(params, model.parameters()))
+
+    # a loaded checkpoint can be copied and saved again; its stubs stay stubs
+    again = tmp_path / "again.pth"
+    torch.save(copy.deepcopy(out), again)
+    sched2 = safe_pickle.torch_load(again)["scheduler"]["successor"]
+    assert type(sched2) is type(sched) and sched2.T_max == 10
+    assert torch.equal(sched2.optimizer.param_groups[0]["params"][0], params[0])
 
     extras = out["extras"]
     assert np.array_equal(extras["array"], np.arange(4, dtype=np.float32))

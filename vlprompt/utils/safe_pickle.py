@@ -29,6 +29,14 @@ def _numpy_core():
     return getattr(np, "_core", None) or np.core
 
 
+_TORCH_REBUILD_FUNCTIONS = (
+    "_rebuild_tensor", "_rebuild_tensor_v2", "_rebuild_tensor_v3", "_rebuild_parameter",
+    "_rebuild_parameter_with_state", "_rebuild_sparse_tensor", "_rebuild_nested_tensor", "_rebuild_qtensor",
+    "_rebuild_meta_tensor_no_storage", "_rebuild_wrapper_subclass", "_rebuild_device_tensor_from_numpy",
+    "_rebuild_device_tensor_from_cpu_tensor",
+)
+
+
 def default_allowed_globals() -> dict:
     """(module, name) -> object that any pickle may reference."""
     allowed = {}
@@ -42,12 +50,13 @@ def default_allowed_globals() -> dict:
     allowed[("_codecs", "encode")] = _codecs.encode
 
     # What torch.save writes: tensor/parameter rebuild functions, dtypes, layouts, sizes, devices
-    for name in dir(torch._utils):
-        if name.startswith("_rebuild_") and name != "_rebuild_xla_tensor":
+    for name in _TORCH_REBUILD_FUNCTIONS:
+        if hasattr(torch._utils, name):  # listed by name, not by prefix: new torch helpers get reviewed first
             allowed[("torch._utils", name)] = getattr(torch._utils, name)
     for name in ("_rebuild_from_type", "_rebuild_from_type_v2"):
         if hasattr(torch._tensor, name):
             allowed[("torch._tensor", name)] = getattr(torch._tensor, name)
+    allowed[(__name__, "_restore_stub")] = _restore_stub  # a stub saved again loads as the same stub
     allowed[("torch.serialization", "_get_layout")] = torch.serialization._get_layout
     allowed[("torch", "Size")] = torch.Size
     allowed[("torch", "device")] = torch.device
@@ -121,6 +130,10 @@ class PickledGlobal:
             return state[name]
         raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
 
+    def __reduce__(self):
+        # copy.deepcopy and re-saving a loaded checkpoint keep the stub as it is
+        return _restore_stub, (self.pickled_module, self.pickled_name, dict(self.__dict__))
+
     def __repr__(self):
         return f"<{self.pickled_module}.{self.pickled_name} (stub: not an allowed global)>"
 
@@ -135,6 +148,12 @@ def _stub_class(module: str, name: str) -> type:
             f"PickledGlobal[{module}.{name}]", (PickledGlobal,), {"pickled_module": module, "pickled_name": name}
         )
     return _stub_classes[key]
+
+
+def _restore_stub(module, name, fields):
+    obj = object.__new__(_stub_class(module, name))
+    obj.__dict__.update(fields)
+    return obj
 
 
 class RestrictedUnpickler(pickle.Unpickler):
