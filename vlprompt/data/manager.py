@@ -1,0 +1,204 @@
+"""DataManager: dataset -> transforms -> loaders, with Dassl's samplers, batch dicts and drop_last rule."""
+import multiprocessing
+import warnings
+
+import torch
+import torchvision.transforms as T
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data.dataloader import default_collate
+
+from vlprompt.datasets import build_dataset
+
+from .transforms import INTERPOLATION_MODES, build_transform
+
+__all__ = ["BrokenImageError", "read_image", "DatasetWrapper", "build_data_loader", "DataManager"]
+
+SAMPLERS = {"RandomSampler": RandomSampler, "SequentialSampler": SequentialSampler}
+
+
+class BrokenImageError(OSError):
+    """An image file that exists but cannot be decoded."""
+
+
+def read_image(path):
+    """The image at ``path`` as RGB; errors name the file."""
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"Image not found: {path} (is DATASET.ROOT right?)") from None
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise BrokenImageError(f"Cannot decode image {path}: {e}") from e
+
+
+class DatasetWrapper(Dataset):
+    """Datum list -> Dassl's batch dicts {"img", "label", "domain", "impath", "index"} (+ "img2".. for a
+    list of transforms, "img0" with DATALOADER.RETURN_IMG0).
+
+    With DATALOADER.SKIP_BROKEN_IMAGES an undecodable image yields None (dropped by the loader's collate)
+    and is counted in ``num_skipped``, shared with worker processes; otherwise it raises BrokenImageError.
+    """
+
+    def __init__(self, cfg, data_source, transform=None, is_train=False):
+        self.data_source = data_source
+        self.transform = transform  # one transform, or a list/tuple giving img, img2, ...
+        self.is_train = is_train
+        self.k_tfm = cfg.DATALOADER.K_TRANSFORMS if is_train else 1  # K augmentations: training only
+        self.return_img0 = cfg.DATALOADER.RETURN_IMG0
+        self.skip_broken = cfg.DATALOADER.SKIP_BROKEN_IMAGES
+        self._num_skipped = multiprocessing.Value("l", 0)
+        if self.k_tfm > 1 and transform is None:
+            raise ValueError(f"Cannot augment the image {self.k_tfm} times because transform is None")
+
+        # img0: the image without augmentation, as Dassl builds it
+        to_tensor = [T.Resize(cfg.INPUT.SIZE, interpolation=INTERPOLATION_MODES[cfg.INPUT.INTERPOLATION]),
+                     T.ToTensor()]
+        if "normalize" in cfg.INPUT.TRANSFORMS:
+            to_tensor.append(T.Normalize(mean=cfg.INPUT.PIXEL_MEAN, std=cfg.INPUT.PIXEL_STD))
+        self.to_tensor = T.Compose(to_tensor)
+
+    @property
+    def num_skipped(self):
+        """How many times an undecodable image was skipped (summed over workers and epochs)."""
+        return self._num_skipped.value
+
+    def __len__(self):
+        return len(self.data_source)
+
+    def __getitem__(self, idx):
+        item = self.data_source[idx]
+        output = {"label": item.label, "domain": item.domain, "impath": item.impath, "index": idx}
+        try:
+            img0 = read_image(item.impath)
+        except BrokenImageError as e:
+            if not self.skip_broken:
+                raise
+            with self._num_skipped.get_lock():
+                self._num_skipped.value += 1
+            warnings.warn(f"Skipping a broken image (DATALOADER.SKIP_BROKEN_IMAGES): {e}")
+            return None
+
+        if self.transform is None:
+            output["img"] = img0
+        elif isinstance(self.transform, (list, tuple)):
+            for i, tfm in enumerate(self.transform):
+                output["img" if i == 0 else f"img{i + 1}"] = self._augment(tfm, img0)
+        else:
+            output["img"] = self._augment(self.transform, img0)
+        if self.return_img0:
+            output["img0"] = self.to_tensor(img0)
+        return output
+
+    def _augment(self, tfm, img0):
+        imgs = [tfm(img0) for _ in range(self.k_tfm)]
+        return imgs[0] if len(imgs) == 1 else imgs
+
+
+def collate_skipping_broken(batch):
+    """default_collate without the None items of skipped images; a batch of only broken images is None."""
+    batch = [sample for sample in batch if sample is not None]
+    return default_collate(batch) if batch else None
+
+
+def build_data_loader(cfg, sampler_type="SequentialSampler", data_source=None, batch_size=64, n_domain=0,
+                      n_ins=2, tfm=None, is_train=True, dataset_wrapper=None):
+    """A DataLoader as Dassl builds it. ``n_domain``/``n_ins`` belong to Dassl's domain/class samplers,
+    which the CLIP configs do not use; they are accepted for signature compatibility."""
+    if sampler_type not in SAMPLERS:
+        raise ValueError(f"Unknown sampler type {sampler_type!r}; supported: {', '.join(SAMPLERS)}")
+    wrapper = (dataset_wrapper or DatasetWrapper)(cfg, data_source, transform=tfm, is_train=is_train)
+    loader = DataLoader(
+        wrapper,
+        batch_size=batch_size,
+        sampler=SAMPLERS[sampler_type](data_source),
+        num_workers=cfg.DATALOADER.NUM_WORKERS,
+        # Dassl drops the last partial batch in training only if at least one full batch exists
+        drop_last=is_train and len(data_source) >= batch_size,
+        pin_memory=torch.cuda.is_available() and cfg.USE_CUDA,
+        collate_fn=collate_skipping_broken if cfg.DATALOADER.SKIP_BROKEN_IMAGES else None,
+    )
+    if len(loader) == 0:
+        raise ValueError(f"The data loader is empty ({len(data_source)} items, batch size {batch_size})")
+    return loader
+
+
+class DataManager:
+    """Builds the dataset named by DATASET.NAME and its train/val/test loaders, as Dassl's DataManager."""
+
+    def __init__(self, cfg, custom_tfm_train=None, custom_tfm_test=None, dataset_wrapper=None):
+        self.cfg = cfg
+        dataset = build_dataset(cfg)
+
+        if custom_tfm_train is None:
+            tfm_train = build_transform(cfg, is_train=True)
+        else:
+            print("* Using custom transform for training")
+            tfm_train = custom_tfm_train
+        if custom_tfm_test is None:
+            tfm_test = build_transform(cfg, is_train=False)
+        else:
+            print("* Using custom transform for testing")
+            tfm_test = custom_tfm_test
+
+        loaders = cfg.DATALOADER
+        self.train_loader_x = build_data_loader(
+            cfg, sampler_type=loaders.TRAIN_X.SAMPLER, data_source=dataset.train_x,
+            batch_size=loaders.TRAIN_X.BATCH_SIZE, n_domain=loaders.TRAIN_X.N_DOMAIN, n_ins=loaders.TRAIN_X.N_INS,
+            tfm=tfm_train, is_train=True, dataset_wrapper=dataset_wrapper,
+        )
+        self.train_loader_u = None
+        if dataset.train_u:
+            u = loaders.TRAIN_X if loaders.TRAIN_U.SAME_AS_X else loaders.TRAIN_U
+            self.train_loader_u = build_data_loader(
+                cfg, sampler_type=u.SAMPLER, data_source=dataset.train_u, batch_size=u.BATCH_SIZE,
+                n_domain=u.N_DOMAIN, n_ins=u.N_INS, tfm=tfm_train, is_train=True, dataset_wrapper=dataset_wrapper,
+            )
+        self.val_loader = None
+        if dataset.val:
+            self.val_loader = build_data_loader(
+                cfg, sampler_type=loaders.TEST.SAMPLER, data_source=dataset.val, batch_size=loaders.TEST.BATCH_SIZE,
+                tfm=tfm_test, is_train=False, dataset_wrapper=dataset_wrapper,
+            )
+        self.test_loader = build_data_loader(
+            cfg, sampler_type=loaders.TEST.SAMPLER, data_source=dataset.test, batch_size=loaders.TEST.BATCH_SIZE,
+            tfm=tfm_test, is_train=False, dataset_wrapper=dataset_wrapper,
+        )
+
+        self.dataset = dataset
+        self.num_classes = dataset.num_classes
+        self.num_source_domains = len(cfg.DATASET.SOURCE_DOMAINS)
+        self.lab2cname = dataset.lab2cname
+        self.classnames = dataset.classnames
+        if cfg.VERBOSE:
+            self.show_dataset_summary()
+
+    @property
+    def num_skipped_images(self):
+        """Broken images skipped so far by all loaders (DATALOADER.SKIP_BROKEN_IMAGES)."""
+        loaders = (self.train_loader_x, self.train_loader_u, self.val_loader, self.test_loader)
+        return sum(getattr(loader.dataset, "num_skipped", 0) for loader in loaders if loader is not None)
+
+    def show_dataset_summary(self):
+        cfg, dataset = self.cfg, self.dataset
+        rows = [("Dataset", cfg.DATASET.NAME)]
+        if cfg.DATASET.SOURCE_DOMAINS:
+            rows.append(("Source", list(cfg.DATASET.SOURCE_DOMAINS)))
+        if cfg.DATASET.TARGET_DOMAINS:
+            rows.append(("Target", list(cfg.DATASET.TARGET_DOMAINS)))
+        rows.append(("# classes", f"{self.num_classes:,}"))
+        rows.append(("# train_x", f"{len(dataset.train_x):,}"))
+        if dataset.train_u:
+            rows.append(("# train_u", f"{len(dataset.train_u):,}"))
+        if dataset.val:
+            rows.append(("# val", f"{len(dataset.val):,}"))
+        rows.append(("# test", f"{len(dataset.test):,}"))
+        print(format_table(rows))
+
+
+def format_table(rows):
+    """Two columns framed by dashes, as tabulate's default format that Dassl prints."""
+    rows = [(str(a), str(b)) for a, b in rows]
+    w1, w2 = max(len(a) for a, _ in rows), max(len(b) for _, b in rows)
+    rule = f"{'-' * w1}  {'-' * w2}"
+    return "\n".join([rule] + [f"{a:<{w1}}  {b:<{w2}}".rstrip() for a, b in rows] + [rule])

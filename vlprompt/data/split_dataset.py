@@ -1,0 +1,212 @@
+"""CoOp's split files and few-shot caches, and the reader base class the benchmark datasets share.
+
+A benchmark reader subclasses ``SplitFileDataset`` and states only what differs: its folder
+(``dataset_dir``), the image folder the split's paths are relative to (``image_dir``), the split file
+(``split_file``) and, if it can build a missing split itself, ``create_split()``.
+"""
+import json
+import os
+import pickle
+import re
+import uuid
+import warnings
+
+from vlprompt.utils import safe_pickle
+
+from .base import DatasetBase, Datum, generate_fewshot_dataset, subsample_classes
+
+__all__ = [
+    "DATUM_PICKLE_NAMES", "read_split", "save_split", "load_fewshot_cache", "save_fewshot_cache",
+    "reroot_impath", "SplitFileDataset",
+]
+
+# The official caches pickle Dassl's Datum (its __module__ is base_dataset); map every spelling to ours
+DASSL_DATUM = ("dassl.data.datasets.base_dataset", "Datum")
+DATUM_PICKLE_NAMES = {
+    DASSL_DATUM: Datum,
+    ("dassl.data.datasets", "Datum"): Datum,
+    (Datum.__module__, "Datum"): Datum,
+}
+
+
+def read_split(filepath, path_prefix):
+    """CoOp's split_zhou JSON ({"train"|"val"|"test": [[relative path, label, classname], ...]}) -> 3 lists."""
+    print(f"Reading split from {filepath}")
+    with open(filepath) as f:
+        split = json.load(f)
+
+    def convert(items):
+        return [Datum(impath=os.path.join(path_prefix, impath), label=int(label), classname=classname)
+                for impath, label, classname in items]
+
+    return convert(split["train"]), convert(split["val"]), convert(split["test"])
+
+
+def save_split(train, val, test, filepath, path_prefix):
+    """Write the split_zhou JSON. Paths lose ``path_prefix`` the way CoOp strips it (str.replace, then one
+    leading "/"), so files written here and by CoOp are identical."""
+
+    def extract(items):
+        out = []
+        for item in items:
+            impath = item.impath.replace(path_prefix, "")
+            if impath.startswith("/"):
+                impath = impath[1:]
+            out.append((impath, item.label, item.classname))
+        return out
+
+    split = {"train": extract(train), "val": extract(val), "test": extract(test)}
+    os.makedirs(os.path.dirname(os.path.abspath(filepath)), exist_ok=True)
+    with open(filepath, "w") as f:
+        json.dump(split, f, indent=4, separators=(",", ": "))  # Dassl's write_json format
+    print(f"Saved split to {filepath}")
+
+
+class _DasslNamePickler(pickle._Pickler):
+    """Pickles our Datum under Dassl's name, so a cache written here also loads in the official code."""
+
+    def save_global(self, obj, name=None):
+        if obj is Datum and self.proto >= 4:
+            self.save(DASSL_DATUM[0])
+            self.save(DASSL_DATUM[1])
+            self.write(pickle.STACK_GLOBAL)
+            self.memoize(obj)
+        else:
+            super().save_global(obj, name)
+
+
+def save_fewshot_cache(path, train, val):
+    """Write {"train": [...], "val": [...]} like CoOp (HIGHEST_PROTOCOL), atomically (a crash leaves no
+    truncated cache behind)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"  # not mkstemp: its 0600 mode would stay
+    try:
+        with open(tmp, "xb") as f:
+            _DasslNamePickler(f, protocol=pickle.HIGHEST_PROTOCOL).dump({"train": train, "val": val})
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def reroot_impath(impath, dataset_dir):
+    """An absolute path recorded under another copy of the dataset, moved under ``dataset_dir``: the part
+    after the last path component named like the dataset folder (e.g. ``oxford_pets``) is kept.
+    Returns None when no candidate exists."""
+    parts = re.split(r"[\\/]+", impath)  # caches written on Windows use backslashes
+    name = os.path.basename(os.path.normpath(dataset_dir))
+    for i in reversed(range(len(parts))):
+        if parts[i] == name:
+            candidate = os.path.join(dataset_dir, *parts[i + 1:])
+            if os.path.exists(candidate):
+                return candidate
+    return None
+
+
+def load_fewshot_cache(path, dataset_dir):
+    """Read a few-shot cache (official or ours) with the restricted unpickler; returns (train, val), with
+    paths re-rooted under ``dataset_dir`` where the dataset moved, or None (with a warning) if unusable."""
+    try:
+        data = safe_pickle.load(path, allowed=DATUM_PICKLE_NAMES)
+        splits = [data["train"], data["val"]]
+        if not all(isinstance(s, list) and all(isinstance(d, Datum) for d in s) for s in splits):
+            raise TypeError("expected lists of Datum under 'train' and 'val'")
+    except Exception as e:
+        warnings.warn(f"Ignoring unreadable few-shot cache {path} ({type(e).__name__}: {e})")
+        return None
+
+    missing = 0
+    for items in splits:
+        for i, item in enumerate(items):
+            if os.path.exists(item.impath):
+                continue
+            moved = reroot_impath(item.impath, dataset_dir)
+            if moved is None:
+                missing += 1
+                continue
+            items[i] = Datum(impath=moved, label=item.label, domain=item.domain, classname=item.classname)
+    if missing:
+        example = next(d.impath for s in splits for d in s if not os.path.exists(d.impath))
+        warnings.warn(
+            f"Few-shot cache {path} lists {missing} images that are not under {dataset_dir} "
+            f"(e.g. {example}); sampling the few-shot split again instead. The cache file is left as it is: "
+            f"delete it to cache the new sample."
+        )
+        return None
+    return splits[0], splits[1]
+
+
+class SplitFileDataset(DatasetBase):
+    """A dataset described by a CoOp split file, with few-shot sampling and base/new subsampling.
+
+    Follows CoOp's OxfordPets.__init__ step by step (read or create split -> few-shot train and val,
+    cached in ``split_fewshot/shot_{K}-seed_{SEED}.pkl`` -> subsample classes), so python's ``random``
+    is drawn in the official order and a given SEED picks the official images.
+    """
+
+    dataset_dir = ""  # folder under DATASET.ROOT, e.g. "oxford_pets"
+    image_dir = "images"  # folder under dataset_dir the split's relative paths start from ("" = dataset_dir)
+    split_file = ""  # e.g. "split_zhou_OxfordPets.json"
+
+    def __init__(self, cfg):
+        root = os.path.abspath(os.path.expanduser(cfg.DATASET.ROOT))
+        cls = type(self)
+        self.dataset_dir = os.path.join(root, cls.dataset_dir)
+        self.image_dir = os.path.join(self.dataset_dir, cls.image_dir) if cls.image_dir else self.dataset_dir
+        self.split_path = os.path.join(self.dataset_dir, cls.split_file)
+        self.split_fewshot_dir = os.path.join(self.dataset_dir, "split_fewshot")
+        self.prepare(root)
+
+        if os.path.exists(self.split_path):
+            train, val, test = read_split(self.split_path, self.image_dir)
+        else:
+            train, val, test = self.create_split()
+            save_split(train, val, test, self.split_path, self.image_dir)
+
+        train, val = self.fewshot_train_val(train, val, cfg.DATASET.NUM_SHOTS, cfg.SEED)
+        train, val, test = subsample_classes(train, val, test, subsample=cfg.DATASET.SUBSAMPLE_CLASSES)
+        super().__init__(train_x=train, val=val, test=test)
+
+    def prepare(self, root):
+        """Make sure ``self.dataset_dir`` is there (a generated dataset writes itself here)."""
+        if not os.path.isdir(self.dataset_dir):
+            raise FileNotFoundError(
+                f"{type(self).__name__}: dataset folder {self.dataset_dir} not found. Put the "
+                f"'{type(self).dataset_dir}' folder under DATASET.ROOT ({root}) as CoOp's DATASETS.md "
+                f"describes, or point DATASET.ROOT (--root) at the folder that holds it."
+            )
+
+    def create_split(self):
+        """(train, val, test) built from the raw dataset when the split file is missing; readers that can
+        build it (as CoOp's do from annotations) override this."""
+        raise FileNotFoundError(
+            f"{type(self).__name__}: split file {self.split_path} not found. Download "
+            f"'{type(self).split_file}' (links in CoOp's DATASETS.md) into {self.dataset_dir}."
+        )
+
+    def fewshot_train_val(self, train, val, num_shots, seed):
+        """K-shot train and min(K, 4)-shot val, from the official cache file when there is a usable one."""
+        if num_shots < 1:
+            return train, val
+        cache = os.path.join(self.split_fewshot_dir, f"shot_{num_shots}-seed_{seed}.pkl")
+        if os.path.exists(cache):
+            print(f"Loading preprocessed few-shot data from {cache}")
+            loaded = load_fewshot_cache(cache, self.dataset_dir)
+            if loaded is not None:
+                return loaded
+            return self._sample_fewshot(train, val, num_shots)
+
+        train, val = self._sample_fewshot(train, val, num_shots)
+        print(f"Saving preprocessed few-shot data to {cache}")
+        try:
+            save_fewshot_cache(cache, train, val)
+        except OSError as e:  # e.g. a read-only dataset folder: the sample is still valid, just not cached
+            warnings.warn(f"Could not write the few-shot cache {cache}: {e}")
+        return train, val
+
+    @staticmethod
+    def _sample_fewshot(train, val, num_shots):
+        train = generate_fewshot_dataset(train, num_shots=num_shots)
+        val = generate_fewshot_dataset(val, num_shots=min(num_shots, 4))
+        return train, val
