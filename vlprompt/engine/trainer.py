@@ -1,0 +1,340 @@
+"""The training loop with Dassl's semantics (TrainerX): epochs, per-epoch lr steps, validation, checkpoints,
+evaluation, log lines the official parse_test_res.py reads, tqdm bars and TensorBoard scalars."""
+import contextlib
+import datetime
+import os
+import time
+from collections import OrderedDict, defaultdict
+
+import torch
+from tqdm import tqdm
+
+from vlprompt.data import DataManager
+from vlprompt.utils.logger import write_json_atomic
+from vlprompt.utils.registry import Registry
+
+from . import checkpoint as ckpt
+from .evaluator import ClassificationEvaluator
+
+TRAINER_REGISTRY = Registry("trainer")
+
+
+def resolve_device(name: str, use_cuda: bool = True) -> torch.device:
+    """'auto' -> cuda when available (and USE_CUDA), else cpu; 'cpu', 'cuda', 'cuda:N' as given."""
+    name = (name or "auto").lower()
+    if name == "auto":
+        return torch.device("cuda" if use_cuda and torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"DEVICE {name} was asked for but CUDA is not available; use DEVICE cpu or auto")
+    return torch.device(name)
+
+
+class Precision:
+    """fp32 | fp16 (frozen CLIP in half precision, the official default) | amp (fp16 autocast + grad scaler)
+    | bf16 (autocast). On a CPU fp16 and amp fall back to fp32: half-precision matmuls there are slow or missing."""
+
+    CHOICES = ("fp32", "fp16", "amp", "bf16")
+
+    def __init__(self, prec: str, device: torch.device):
+        if prec not in self.CHOICES:
+            raise ValueError(f"Unknown precision '{prec}'; choose one of {', '.join(self.CHOICES)}")
+        if device.type == "cpu" and prec in ("fp16", "amp"):
+            print(f"Precision {prec} is not used on a CPU device: running in fp32")
+            prec = "fp32"
+        self.name, self.device = prec, device
+        self.scaler = torch.amp.GradScaler(device.type) if prec == "amp" else None
+
+    @property
+    def weight_dtype(self):
+        """dtype of the frozen CLIP weights."""
+        return torch.float16 if self.name == "fp16" else torch.float32
+
+    def autocast(self):
+        if self.name == "amp":
+            return torch.autocast(self.device.type, dtype=torch.float16)
+        if self.name == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def backward_and_step(self, loss, optimizer):
+        optimizer.zero_grad()
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+
+
+class _Meter:
+    def __init__(self):
+        self.val = self.sum = 0.0
+        self.count = 0
+
+    def update(self, val, n=1):
+        self.val = float(val)
+        self.sum += float(val) * n
+        self.count += n
+
+    @property
+    def avg(self):
+        return self.sum / max(self.count, 1)
+
+
+class TrainerBase:
+    """Subclasses implement build_model() (calling register_model) and forward_backward(batch)."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.device = resolve_device(cfg.DEVICE, cfg.USE_CUDA)
+        self.output_dir = cfg.OUTPUT_DIR
+        self.start_epoch = self.epoch = 0
+        self.max_epoch = cfg.OPTIM.MAX_EPOCH
+        self._models, self._optims, self._scheds = OrderedDict(), OrderedDict(), OrderedDict()
+        self._writer = None
+        self.best_result = -float("inf")
+        self.dm = DataManager(cfg)
+        self.train_loader_x = self.dm.train_loader_x
+        self.val_loader = self.dm.val_loader
+        self.test_loader = self.dm.test_loader
+        self.num_classes = self.dm.num_classes
+        self.lab2cname = self.dm.lab2cname
+        self.build_model()
+        self.evaluator = ClassificationEvaluator(self.lab2cname, per_class=cfg.TEST.PER_CLASS_RESULT)
+
+    # ---- models -------------------------------------------------------------------------------------
+    def build_model(self):
+        raise NotImplementedError
+
+    def register_model(self, name, module, optim=None, sched=None):
+        self._models[name], self._optims[name], self._scheds[name] = module, optim, sched
+
+    def get_model_names(self):
+        return list(self._models)
+
+    def set_model_mode(self, mode="train"):
+        for module in self._models.values():
+            module.train(mode == "train")
+
+    def trainable_state_dict(self, name) -> OrderedDict:
+        """Only what was trained: the checkpoint is MBs, not the frozen CLIP."""
+        module = self._models[name]
+        trainable = {n for n, p in module.named_parameters() if p.requires_grad}
+        return OrderedDict((k, v.detach().cpu()) for k, v in module.state_dict().items() if k in trainable)
+
+    def map_checkpoint(self, name: str, state_dict: dict) -> dict:
+        """Hook for trainers to translate official checkpoint keys; the default drops nothing."""
+        return state_dict
+
+    def load_trainable_state(self, name, state_dict, source=""):
+        module = self._models[name]
+        state_dict = self.map_checkpoint(name, dict(state_dict))
+        own = module.state_dict()
+        trainable = [n for n, p in module.named_parameters() if p.requires_grad]
+        missing = [k for k in trainable if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in own]
+        if missing or unexpected:
+            raise KeyError(f"Checkpoint {source} does not fit '{name}': missing keys {missing}, "
+                           f"unexpected keys {unexpected}")
+        for k, v in state_dict.items():
+            if tuple(v.shape) != tuple(own[k].shape):
+                raise ValueError(f"Checkpoint {source}: '{name}.{k}' has shape {tuple(v.shape)}, "
+                                 f"the model expects {tuple(own[k].shape)} (different N_CTX, classes or backbone?)")
+        module.load_state_dict(state_dict, strict=False)
+
+    # ---- checkpoints ---------------------------------------------------------------------------------
+    def save_model(self, epoch, directory, val_result=None, model_name=""):
+        for name in self.get_model_names():
+            optim, sched = self._optims[name], self._scheds[name]
+            state = {
+                "state_dict": self.trainable_state_dict(name),
+                "epoch": epoch + 1,
+                "optimizer": optim.state_dict() if optim is not None else None,
+                "scheduler": sched.state_dict() if sched is not None else None,
+                "val_result": val_result,
+                "best_result": self.best_result,
+                "rng_state": ckpt.rng_state(),
+            }
+            ckpt.save_checkpoint(state, os.path.join(directory, name), model_name=model_name)
+
+    def resume_model_if_exist(self, directory) -> int:
+        names = self.get_model_names()
+        paths = [ckpt.latest_checkpoint(os.path.join(directory, n)) for n in names]
+        if not all(paths):
+            print("No checkpoint found, train from scratch")
+            return 0
+        print(f'Found checkpoint at {directory} (will resume training)')
+        start_epoch = 0
+        for name, path in zip(names, paths):
+            state = ckpt.load_checkpoint(path)
+            self.load_trainable_state(name, state["state_dict"], path)
+            if self._optims[name] is not None and state.get("optimizer"):
+                self._optims[name].load_state_dict(state["optimizer"])
+            if self._scheds[name] is not None and state.get("scheduler"):
+                self._scheds[name].load_state_dict(state["scheduler"])
+            if state.get("rng_state"):
+                ckpt.set_rng_state(state["rng_state"])
+            if state.get("best_result") is not None:
+                self.best_result = state["best_result"]
+            start_epoch = state["epoch"]
+            print(f'Loaded model weights from "{path}"; previous epoch: {start_epoch}')
+        return start_epoch
+
+    def load_model(self, directory, epoch=None):
+        if not directory:
+            print("Note that load_model() is skipped as no pretrained model is given")
+            return
+        model_file = ckpt.BEST_NAME if epoch is None or epoch < 0 else ckpt.checkpoint_name(epoch)
+        for name in self.get_model_names():
+            path = os.path.join(directory, name, model_file)
+            state = ckpt.load_checkpoint(path)
+            self.load_trainable_state(name, state["state_dict"], path)
+            print(f'Loading weights to {name} from "{path}" (epoch = {state.get("epoch")}, '
+                  f'val_result = {state.get("val_result")})')
+
+    # ---- training loop -------------------------------------------------------------------------------
+    def get_current_lr(self, name=None):
+        name = name or self.get_model_names()[0]
+        return self._optims[name].param_groups[0]["lr"]
+
+    def update_lr(self):
+        for sched in self._scheds.values():
+            if sched is not None:
+                sched.step()
+
+    def write_scalar(self, tag, value, step):
+        if self._writer is not None:
+            self._writer.add_scalar(tag, value, step)
+
+    def train(self):
+        self.before_train()
+        for self.epoch in range(self.start_epoch, self.max_epoch):
+            self.run_epoch()
+            self.after_epoch()
+        self.after_train()
+
+    def before_train(self):
+        if self.cfg.RESUME:
+            self.start_epoch = self.resume_model_if_exist(self.cfg.RESUME)
+        from torch.utils.tensorboard import SummaryWriter
+
+        self._writer = SummaryWriter(log_dir=os.path.join(self.output_dir, "tensorboard"))
+        self.time_start = time.time()
+
+    def run_epoch(self):
+        self.set_model_mode("train")
+        meters = defaultdict(_Meter)
+        batch_time, data_time = _Meter(), _Meter()
+        self.num_batches = len(self.train_loader_x)
+        print_freq = self.cfg.TRAIN.PRINT_FREQ
+        bar = tqdm(self.train_loader_x, desc=f"epoch {self.epoch + 1}/{self.max_epoch}", leave=False,
+                   disable=None, dynamic_ncols=True)
+        end = time.time()
+        for self.batch_idx, batch in enumerate(bar):
+            data_time.update(time.time() - end)
+            summary = self.forward_backward(batch)
+            if self.batch_idx + 1 == self.num_batches:
+                self.update_lr()  # Dassl steps the schedule after the last batch of each epoch
+            batch_time.update(time.time() - end)
+            for k, v in summary.items():
+                meters[k].update(v)
+            bar.set_postfix({k: f"{m.avg:.4f}" for k, m in meters.items()})
+            if (self.batch_idx + 1) % print_freq == 0 or self.num_batches < print_freq:
+                remaining = (self.num_batches - self.batch_idx - 1) + (
+                    self.max_epoch - self.epoch - 1) * self.num_batches
+                eta = str(datetime.timedelta(seconds=int(batch_time.avg * remaining)))
+                losses = " ".join(f"{k} {m.val:.4f} ({m.avg:.4f})" for k, m in meters.items())
+                tqdm.write(
+                    f"epoch [{self.epoch + 1}/{self.max_epoch}] batch [{self.batch_idx + 1}/{self.num_batches}] "
+                    f"time {batch_time.val:.3f} ({batch_time.avg:.3f}) data {data_time.val:.3f} ({data_time.avg:.3f}) "
+                    f"{losses} lr {self.get_current_lr():.4e} eta {eta}",
+                    file=__import__("sys").stdout,
+                )
+            step = self.epoch * self.num_batches + self.batch_idx
+            for k, m in meters.items():
+                self.write_scalar("train/" + k, m.val, step)
+            self.write_scalar("train/lr", self.get_current_lr(), step)
+            end = time.time()
+        bar.close()
+
+    def after_epoch(self):
+        last_epoch = self.epoch + 1 == self.max_epoch
+        freq = self.cfg.TRAIN.CHECKPOINT_FREQ
+        meet_checkpoint_freq = freq > 0 and (self.epoch + 1) % freq == 0
+        if not self.cfg.TEST.NO_TEST and self.cfg.TEST.FINAL_MODEL == "best_val":
+            result = self.test(split="val")
+            if result > self.best_result:
+                self.best_result = result
+                self.save_model(self.epoch, self.output_dir, val_result=result, model_name=ckpt.BEST_NAME)
+        if meet_checkpoint_freq or last_epoch:
+            self.save_model(self.epoch, self.output_dir)
+
+    def after_train(self):
+        print("Finish training")
+        if not self.cfg.TEST.NO_TEST:
+            if self.cfg.TEST.FINAL_MODEL == "best_val":
+                print("Deploy the model with the best val performance")
+                self.load_model(self.output_dir)
+            else:
+                print("Deploy the last-epoch model")
+            self.test()
+        print(f"Elapsed: {datetime.timedelta(seconds=round(time.time() - self.time_start))}")
+        if self._writer is not None:
+            self._writer.close()
+
+    # ---- evaluation ----------------------------------------------------------------------------------
+    def forward_backward(self, batch):
+        raise NotImplementedError
+
+    def parse_batch(self, batch):
+        return batch["img"].to(self.device), batch["label"].to(self.device)
+
+    def inference_state(self):
+        """Whatever does not depend on the image, computed once per evaluation (see PromptedCLIP)."""
+        return None
+
+    def model_inference(self, images, state):
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def test(self, split=None):
+        self.set_model_mode("eval")
+        self.evaluator.reset()
+        split = split or self.cfg.TEST.SPLIT
+        loader = self.val_loader if split == "val" and self.val_loader is not None else self.test_loader
+        if split == "val" and self.val_loader is None:
+            split = "test"
+        print(f"Evaluate on the *{split}* set")
+        save_logits = self.cfg.TEST.SAVE_LOGITS and split != "val"
+        all_logits, all_labels, all_paths = [], [], []
+        state = self.inference_state()
+        for batch in tqdm(loader, desc=f"eval {split}", leave=False, disable=None, dynamic_ncols=True):
+            images, labels = self.parse_batch(batch)
+            logits = self.model_inference(images, state).float()
+            self.evaluator.process(logits, labels)
+            if save_logits:
+                all_logits.append(logits.cpu())
+                all_labels.append(labels.cpu())
+                all_paths.extend(batch["impath"])
+        results = self.evaluator.evaluate()
+        for k, v in results.items():
+            self.write_scalar(f"{split}/{k}", v, self.epoch)
+        if self.output_dir:
+            os.makedirs(self.output_dir, exist_ok=True)
+            metrics = dict(results, split=split, num_samples=self.evaluator.details["total"],
+                           correct=self.evaluator.details["correct"],
+                           classes=[self.lab2cname.get(c, str(c)) for c in self.evaluator.details["classes"]],
+                           num_classes_evaluated=len(self.evaluator.details["classes"]),
+                           dataset=self.cfg.DATASET.NAME, subsample_classes=self.cfg.DATASET.SUBSAMPLE_CLASSES,
+                           trainer=self.cfg.TRAINER.NAME, epoch=self.epoch + 1)
+            if "per_class_accuracy" in self.evaluator.details:
+                metrics["per_class_accuracy"] = self.evaluator.details["per_class_accuracy"]
+            name = "metrics.json" if split == "test" else f"metrics_{split}.json"
+            write_json_atomic(os.path.join(self.output_dir, name), metrics)
+            if save_logits:
+                path = os.path.join(self.output_dir, "logits.pt")
+                torch.save({"impath": all_paths, "label": torch.cat(all_labels).long(),
+                            "logits": torch.cat(all_logits)}, path + ".tmp")
+                os.replace(path + ".tmp", path)
+        return list(results.values())[0]

@@ -1,0 +1,118 @@
+"""What every CLIP prompt-learning trainer shares: load the frozen CLIP, build the method's model, train
+only its learnable module, and evaluate with the image-independent part computed once."""
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vlprompt.clip import PromptedImageEncoder, PromptedTextEncoder, get_tokenizer, load_clip
+from vlprompt.engine.optim import build_lr_scheduler, build_optimizer
+from vlprompt.engine.trainer import Precision, TrainerBase
+
+
+class PromptedCLIP(nn.Module):
+    """A frozen CLIP plus one method's learnable parts.
+
+    A method implements class_state() -- everything that does not depend on the image (text features,
+    vision prompts made from text prompts, ...) -- and logits(images, state). Training calls forward(),
+    which recomputes the state for every batch (it carries gradients); evaluation computes it once.
+    """
+
+    def __init__(self, clip_model):
+        super().__init__()
+        self.text_encoder = PromptedTextEncoder(clip_model)
+        self.image_encoder = PromptedImageEncoder(clip_model)
+        self.logit_scale = clip_model.logit_scale
+
+    def class_state(self) -> dict:
+        raise NotImplementedError
+
+    def logits(self, images: torch.Tensor, state: dict) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, images):
+        return self.logits(images, self.class_state())
+
+    def similarity(self, image_features, text_features):
+        """CLIP logits: logit_scale.exp() * cos(image, text). text: [C, d], or [B, C, d] per image."""
+        image_features = F.normalize(image_features.float(), dim=-1)
+        text_features = F.normalize(text_features.float(), dim=-1)
+        scale = self.logit_scale.exp().float()
+        if text_features.dim() == 3:
+            return scale * torch.einsum("bd,bcd->bc", image_features, text_features)
+        return scale * image_features @ text_features.t()
+
+
+class CLIPPromptTrainer(TrainerBase):
+    """Subclasses set `config_key` (cfg.TRAINER.<key> holds PREC etc.), `learnable_name` (the attribute of
+    the model that trains; also the official checkpoint folder name) and implement build_clip_model()."""
+
+    config_key = ""
+    learnable_name = "prompt_learner"
+    # Keys of official checkpoints that hold no trained values (frozen buffers) and are dropped on load.
+    official_extra_keys = ("token_prefix", "token_suffix")
+
+    @property
+    def method_cfg(self):
+        return self.cfg.TRAINER[self.config_key]
+
+    def build_clip_model(self, clip_model, classnames) -> PromptedCLIP:
+        raise NotImplementedError
+
+    def build_model(self):
+        cfg = self.cfg
+        self.precision = Precision(self.method_cfg.PREC, self.device)
+        classnames = self.dm.dataset.classnames
+        print(f"Loading CLIP (backbone: {cfg.MODEL.BACKBONE.NAME})")
+        clip_model = load_clip(cfg.MODEL.BACKBONE.NAME, cfg.MODEL.BACKBONE.PATH)
+        clip_model.to(self.precision.weight_dtype)
+        self.tokenizer = get_tokenizer(cfg.MODEL.BACKBONE.NAME)
+        print(f"Building custom CLIP ({type(self).__name__})")
+        with self._init_rng():
+            self.model = self.build_clip_model(clip_model, classnames)
+        learnable = getattr(self.model, self.learnable_name, None) if self.learnable_name else None
+        for name, p in self.model.named_parameters():
+            p.requires_grad_(learnable is not None and name.startswith(self.learnable_name + "."))
+        self.model.to(self.device)
+        if learnable is None:
+            return
+        n_params = sum(p.numel() for p in learnable.parameters() if p.requires_grad)
+        print(f"Parameters to be updated: {n_params:,} in '{self.learnable_name}'")
+        optim = build_optimizer(learnable, cfg.OPTIM)
+        sched = build_lr_scheduler(optim, cfg.OPTIM)
+        self.register_model(self.learnable_name, learnable, optim, sched)
+
+    @contextlib.contextmanager
+    def _init_rng(self):
+        """MODEL.INIT_SEED >= 0 seeds the initialisation of the learnable parts on its own (BMIP's key)."""
+        seed = self.cfg.MODEL.INIT_SEED
+        if seed is None or seed < 0:
+            yield
+            return
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            yield
+
+    def map_checkpoint(self, name, state_dict):
+        return {k: v for k, v in state_dict.items() if k not in self.official_extra_keys}
+
+    def compute_loss(self, logits, labels):
+        return F.cross_entropy(logits, labels)
+
+    def forward_backward(self, batch):
+        images, labels = self.parse_batch(batch)
+        with self.precision.autocast():
+            logits = self.model(images).float()
+            loss = self.compute_loss(logits, labels)
+        self.precision.backward_and_step(loss, self._optims[self.learnable_name])
+        acc = (logits.argmax(dim=1) == labels).float().mean().item() * 100.0
+        return {"loss": loss.item(), "acc": acc}
+
+    def inference_state(self):
+        with self.precision.autocast():
+            return self.model.class_state()
+
+    def model_inference(self, images, state):
+        with self.precision.autocast():
+            return self.model.logits(images, state)

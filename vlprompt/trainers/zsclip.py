@@ -1,0 +1,93 @@
+"""Zero-shot CLIP with CoOp's hand-written template per dataset (ZeroshotCLIP), or an ensemble of
+templates (ZeroshotCLIP2, as CoOp's zsclip.py). Nothing trains; run it with --eval-only."""
+import torch
+
+from vlprompt.config import CfgNode, register_config_extension
+from vlprompt.engine.trainer import TRAINER_REGISTRY
+
+from .base import CLIPPromptTrainer, PromptedCLIP
+from vlprompt.clip.text_prompt import clean_classname
+
+# CoOp's per-dataset templates (keyed by DATASET.NAME).
+CUSTOM_TEMPLATES = {
+    "OxfordPets": "a photo of a {}, a type of pet.",
+    "OxfordFlowers": "a photo of a {}, a type of flower.",
+    "FGVCAircraft": "a photo of a {}, a type of aircraft.",
+    "DescribableTextures": "{} texture.",
+    "EuroSAT": "a centered satellite photo of {}.",
+    "StanfordCars": "a photo of a {}.",
+    "Food101": "a photo of {}, a type of food.",
+    "SUN397": "a photo of a {}.",
+    "Caltech101": "a photo of a {}.",
+    "UCF101": "a photo of a person doing {}.",
+    "ImageNet": "a photo of a {}.",
+    "ImageNetSketch": "a photo of a {}.",
+    "ImageNetV2": "a photo of a {}.",
+    "ImageNetA": "a photo of a {}.",
+    "ImageNetR": "a photo of a {}.",
+}
+DEFAULT_TEMPLATE = "a photo of a {}."
+# The 7 ImageNet templates CoOp's ZeroshotCLIP2 ensembles (plus the dataset's own template).
+IMAGENET_TEMPLATES_SELECT = [
+    "itap of a {}.",
+    "a bad photo of the {}.",
+    "a origami {}.",
+    "a photo of the large {}.",
+    "a {} in a video game.",
+    "art of the {}.",
+    "a photo of the small {}.",
+]
+
+
+@register_config_extension
+def add_zsclip_config(cfg):
+    cfg.TRAINER.ZSCLIP = CfgNode()
+    cfg.TRAINER.ZSCLIP.PREC = "fp16"
+
+
+class ZeroshotModel(PromptedCLIP):
+    """Fixed class text features: the mean over templates of normalised features, renormalised."""
+
+    def __init__(self, clip_model, tokenizer, classnames, templates):
+        super().__init__(clip_model)
+        names = [clean_classname(c) for c in classnames]
+        with torch.no_grad():
+            feats = []
+            for template in templates:
+                tokens = tokenizer([template.format(n) for n in names])
+                f = self.text_encoder.encode_tokens(tokens).float()
+                feats.append(f / f.norm(dim=-1, keepdim=True))
+            text = torch.stack(feats).mean(dim=0)
+        self.register_buffer("text_features", text / text.norm(dim=-1, keepdim=True), persistent=False)
+
+    def class_state(self):
+        return {"text": self.text_features}
+
+    def logits(self, images, state):
+        return self.similarity(self.image_encoder(images), state["text"])
+
+
+@TRAINER_REGISTRY.register()
+class ZeroshotCLIP(CLIPPromptTrainer):
+    config_key = "ZSCLIP"
+    learnable_name = None
+
+    def templates(self):
+        return [CUSTOM_TEMPLATES.get(self.cfg.DATASET.NAME, DEFAULT_TEMPLATE)]
+
+    def build_clip_model(self, clip_model, classnames):
+        templates = self.templates()
+        print(f"Prompt templates: {templates}")
+        return ZeroshotModel(clip_model, self.tokenizer, classnames, templates)
+
+    def train(self):
+        raise RuntimeError(f"{self.cfg.TRAINER.NAME} has nothing to train: run it with --eval-only")
+
+
+@TRAINER_REGISTRY.register()
+class ZeroshotCLIP2(ZeroshotCLIP):
+    """Template ensemble: CoOp's 7 selected ImageNet templates, plus the dataset's own one (not for ImageNet)."""
+
+    def templates(self):
+        extra = [] if self.cfg.DATASET.NAME == "ImageNet" else [CUSTOM_TEMPLATES.get(self.cfg.DATASET.NAME, DEFAULT_TEMPLATE)]
+        return IMAGENET_TEMPLATES_SELECT + extra
