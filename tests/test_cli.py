@@ -145,6 +145,16 @@ def test_missing_dataset_folder_message(tmp_path, capsys):
     assert "oxford_pets" in err.lower() or "OxfordPets" in err
 
 
+def test_output_dir_with_results_is_not_overwritten(data_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run(data_root, out, *train_args(1)) == 0
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    assert run(data_root, out, *train_args(1)) == 2
+    assert "already holds results" in capsys.readouterr().err
+    after = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    assert after == before
+
+
 def test_eval_only_missing_checkpoint(data_root, tmp_path, capsys):
     assert run(data_root, tmp_path / "x", "--eval-only", "--model-dir", str(tmp_path / "none"), *FAST) == 2
     assert 'Model not found at "' in capsys.readouterr().err

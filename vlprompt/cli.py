@@ -72,9 +72,27 @@ def trainer_class(cfg):
     return TRAINER_REGISTRY.get(cfg.TRAINER.NAME)
 
 
+def existing_results(output_dir: str) -> list:
+    """Result files of an earlier run in output_dir: metrics and checkpoints."""
+    if not output_dir or not os.path.isdir(output_dir):
+        return []
+    found = [os.path.join(output_dir, f) for f in os.listdir(output_dir) if f.startswith("metrics")]
+    for sub in os.listdir(output_dir):
+        folder = os.path.join(output_dir, sub)
+        if os.path.isdir(folder):
+            found += [os.path.join(folder, f) for f in os.listdir(folder) if f.startswith("model")]
+    return sorted(found)
+
+
 def run(args) -> int:
     cfg = setup_cfg(args)
     trainer_cls = trainer_class(cfg)  # an unknown trainer fails before any work
+    resuming = cfg.RESUME and os.path.abspath(cfg.RESUME) == os.path.abspath(cfg.OUTPUT_DIR)
+    earlier = existing_results(cfg.OUTPUT_DIR)
+    if earlier and not resuming:
+        raise FileExistsError(
+            f"{cfg.OUTPUT_DIR} already holds results of another run ({earlier[0]}); nothing was changed. "
+            f"Pass --resume {cfg.OUTPUT_DIR} to continue that run, or choose another --output-dir.")
     setup_logger(cfg.OUTPUT_DIR)
     try:
         if cfg.SEED >= 0:
@@ -110,7 +128,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return run(args)
-    except (ConfigError, ConfigTypeError, RegistryError, FileNotFoundError) as e:
+    except (ConfigError, ConfigTypeError, RegistryError, FileNotFoundError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -120,12 +120,13 @@ def _missing_weights_error(name: str, tried: list) -> FileNotFoundError:
     return FileNotFoundError("\n".join(lines))
 
 
-def load_clip(name: str, path: str = "", device="cpu") -> torch.nn.Module:
+def load_clip(name: str, path: str = "", device="cpu", random_weights: bool = False) -> torch.nn.Module:
     """Build `name`'s architecture in fp32 and load its weights; the model comes back frozen and in eval mode.
 
     Weights come from `path` if given, else from the local caches of OpenAI/open_clip files. Architectures named
     'vlprompt-*' have no pretrained weights: without `path` they get a fixed-seed random init, so two processes
-    build the same model (a checkpoint trained on one evaluates identically in another).
+    build the same model (a checkpoint trained on one evaluates identically in another). random_weights does
+    the same for any architecture (benchmarks).
     """
     arch = resolve_architecture(name)
     if path:
@@ -133,7 +134,7 @@ def load_clip(name: str, path: str = "", device="cpu") -> torch.nn.Module:
         if not path.is_file():
             raise FileNotFoundError(f"MODEL.BACKBONE.PATH '{path}' does not exist or is not a file")
         weights = path
-    elif arch.startswith(RANDOM_INIT_PREFIX):
+    elif random_weights or arch.startswith(RANDOM_INIT_PREFIX):
         weights = None
     else:
         tried = cached_weight_candidates(name)
