@@ -210,3 +210,17 @@ def test_checkpoint_shape_mismatch_names_key(data_root, tmp_path):
     with pytest.raises(ValueError, match=r"'prompt_learner.ctx' has shape \(16, 48\), the model expects \(4, 48\)"):
         run(data_root, tmp_path / "ev", "--eval-only", "--model-dir", str(out), "--load-epoch", "1",
             *train_args(1, "TRAINER.COOP.N_CTX", "4"))
+
+
+def test_broken_image_stops_or_is_skipped(tmp_path):
+    root = tmp_path / "data"
+    assert run(str(root), tmp_path / "first", *train_args(1)) == 0
+    split = json.loads((root / "synthetic/split_synthetic.json").read_text())
+    broken = root / "synthetic/images" / split["test"][0][0]
+    broken.write_bytes(b"not an image")
+    with pytest.raises(OSError, match=str(broken)):
+        run(str(root), tmp_path / "stop", *train_args(1))
+    assert run(str(root), tmp_path / "skip", *train_args(1, "DATALOADER.SKIP_BROKEN_IMAGES", "True")) == 0
+    log = (tmp_path / "skip/log.txt").read_text()
+    assert "Skipped 1 broken images" in log
+    assert json.loads((tmp_path / "skip/metrics.json").read_text())["num_samples"] == len(split["test"]) - 1

@@ -3,6 +3,7 @@ evaluation, log lines the official parse_test_res.py reads, tqdm bars and Tensor
 import contextlib
 import datetime
 import os
+import sys
 import time
 from collections import OrderedDict, defaultdict
 
@@ -233,8 +234,13 @@ class TrainerBase:
         end = time.time()
         for self.batch_idx, batch in enumerate(bar):
             data_time.update(time.time() - end)
+            last_batch = self.batch_idx + 1 == self.num_batches
+            if batch is None:  # every image of the batch was broken and skipped (DATALOADER.SKIP_BROKEN_IMAGES)
+                if last_batch:
+                    self.update_lr()
+                continue
             summary = self.forward_backward(batch)
-            if self.batch_idx + 1 == self.num_batches:
+            if last_batch:
                 self.update_lr()  # Dassl steps the schedule after the last batch of each epoch
             batch_time.update(time.time() - end)
             for k, v in summary.items():
@@ -249,7 +255,7 @@ class TrainerBase:
                     f"epoch [{self.epoch + 1}/{self.max_epoch}] batch [{self.batch_idx + 1}/{self.num_batches}] "
                     f"time {batch_time.val:.3f} ({batch_time.avg:.3f}) data {data_time.val:.3f} ({data_time.avg:.3f}) "
                     f"{losses} lr {self.get_current_lr():.4e} eta {eta}",
-                    file=__import__("sys").stdout,
+                    file=sys.stdout,
                 )
             step = self.epoch * self.num_batches + self.batch_idx
             for k, m in meters.items():
@@ -257,6 +263,12 @@ class TrainerBase:
             self.write_scalar("train/lr", self.get_current_lr(), step)
             end = time.time()
         bar.close()
+        self._report_skipped()
+
+    def _report_skipped(self):
+        skipped = self.dm.num_skipped_images
+        if skipped:
+            print(f"Skipped {skipped} broken images so far (DATALOADER.SKIP_BROKEN_IMAGES True)")
 
     def after_epoch(self):
         last_epoch = self.epoch + 1 == self.max_epoch
@@ -310,6 +322,8 @@ class TrainerBase:
         all_logits, all_labels, all_paths = [], [], []
         state = self.inference_state()
         for batch in tqdm(loader, desc=f"eval {split}", leave=False, disable=None, dynamic_ncols=True):
+            if batch is None:
+                continue
             images, labels = self.parse_batch(batch)
             logits = self.model_inference(images, state).float()
             self.evaluator.process(logits, labels)
@@ -317,6 +331,7 @@ class TrainerBase:
                 all_logits.append(logits.cpu())
                 all_labels.append(labels.cpu())
                 all_paths.extend(batch["impath"])
+        self._report_skipped()
         results = self.evaluator.evaluate()
         for k, v in results.items():
             self.write_scalar(f"{split}/{k}", v, self.epoch)
