@@ -11,11 +11,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlprompt.clip.text_prompt import ClassPromptTemplate, init_context
+from vlprompt.clip.text_prompt import ClassPromptTemplate
 from vlprompt.config import CfgNode, register_config_extension
 from vlprompt.engine.trainer import TRAINER_REGISTRY
 
 from .base import CLIPPromptTrainer, PromptedCLIP
+from .coop import coop_context
 
 
 @register_config_extension
@@ -29,21 +30,14 @@ def add_cocoop_config(cfg):
 class CoCoOpPromptLearner(nn.Module):
     def __init__(self, text_encoder, tokenizer, classnames, n_ctx, ctx_init, vis_dim):
         super().__init__()
-        if ctx_init:
-            ctx_init = ctx_init.replace("_", " ")
-            n_ctx = len(ctx_init.split(" "))
-            prefix = ctx_init
-        else:
-            prefix = " ".join(["X"] * n_ctx)
-        print(f'Initial context: "{prefix}"')
-        print(f"Number of context words (tokens): {n_ctx}")
-        self.ctx = nn.Parameter(init_context(text_encoder, tokenizer, n_ctx, ctx_init))
+        prefix, ctx = coop_context(text_encoder, tokenizer, n_ctx, ctx_init)
+        self.ctx = nn.Parameter(ctx)
         self.meta_net = nn.Sequential(OrderedDict([
             ("linear1", nn.Linear(vis_dim, vis_dim // 16)),
             ("relu", nn.ReLU(inplace=True)),
             ("linear2", nn.Linear(vis_dim // 16, text_encoder.width)),
         ]))
-        self.template = ClassPromptTemplate(text_encoder, tokenizer, classnames, n_ctx, prefix)
+        self.template = ClassPromptTemplate(text_encoder, tokenizer, classnames, ctx.shape[-2], prefix)
 
     def forward(self, image_features: torch.Tensor) -> torch.Tensor:
         """Per-image context [B, n, d_t] from normalised image features [B, embed_dim]."""

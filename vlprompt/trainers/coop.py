@@ -25,6 +25,20 @@ def add_coop_config(cfg):
     cfg.TRAINER.COOP.CLASS_TOKEN_POSITION = "end"  # end, middle, front
 
 
+def coop_context(text_encoder, tokenizer, n_ctx, ctx_init="", num_classes_csc=0):
+    """(prompt prefix, initial context) as CoOp/CoCoOp make them: with CTX_INIT one vector per *word* of it
+    (N_CTX and CSC ignored, as officially); else N(0, 0.02) vectors, per class when num_classes_csc > 0."""
+    if ctx_init:
+        prefix = ctx_init.replace("_", " ")
+        ctx = init_context(text_encoder, tokenizer, len(prefix.split(" ")), prefix)
+    else:
+        prefix = " ".join(["X"] * n_ctx)
+        ctx = init_context(text_encoder, tokenizer, n_ctx, "", (num_classes_csc,) if num_classes_csc else ())
+    print(f'Initial context: "{prefix}"')
+    print(f"Number of context words (tokens): {ctx.shape[-2]}")
+    return prefix, ctx
+
+
 class CoOpPromptLearner(nn.Module):
     POSITIONS = ("end", "middle", "front")
 
@@ -32,18 +46,9 @@ class CoOpPromptLearner(nn.Module):
         super().__init__()
         if position not in self.POSITIONS:
             raise ValueError(f"CLASS_TOKEN_POSITION must be one of {self.POSITIONS}, got '{position}'")
-        if ctx_init:
-            ctx_init = ctx_init.replace("_", " ")
-            n_ctx = len(ctx_init.split(" "))  # official: one context vector per word of CTX_INIT
-            prefix = ctx_init
-            ctx = init_context(text_encoder, tokenizer, n_ctx, ctx_init)
-        else:
-            prefix = " ".join(["X"] * n_ctx)
-            ctx = init_context(text_encoder, tokenizer, n_ctx, "", (len(classnames),) if csc else ())
-        print(f'Initial context: "{prefix}"')
-        print(f"Number of context words (tokens): {n_ctx}")
+        prefix, ctx = coop_context(text_encoder, tokenizer, n_ctx, ctx_init, len(classnames) if csc else 0)
         self.ctx = nn.Parameter(ctx)
-        self.template = ClassPromptTemplate(text_encoder, tokenizer, classnames, n_ctx, prefix)
+        self.template = ClassPromptTemplate(text_encoder, tokenizer, classnames, ctx.shape[-2], prefix)
         self.position = position
 
     def forward(self) -> torch.Tensor:

@@ -2,11 +2,11 @@
 templates (ZeroshotCLIP2, as CoOp's zsclip.py). Nothing trains; run it with --eval-only."""
 import torch
 
+from vlprompt.clip.text_prompt import clean_classname
 from vlprompt.config import CfgNode, register_config_extension
 from vlprompt.engine.trainer import TRAINER_REGISTRY
 
 from .base import CLIPPromptTrainer, PromptedCLIP
-from vlprompt.clip.text_prompt import clean_classname
 
 # CoOp's per-dataset templates (keyed by DATASET.NAME).
 CUSTOM_TEMPLATES = {
@@ -89,5 +89,6 @@ class ZeroshotCLIP2(ZeroshotCLIP):
     """Template ensemble: CoOp's 7 selected ImageNet templates, plus the dataset's own one (not for ImageNet)."""
 
     def templates(self):
-        extra = [] if self.cfg.DATASET.NAME == "ImageNet" else [CUSTOM_TEMPLATES.get(self.cfg.DATASET.NAME, DEFAULT_TEMPLATE)]
-        return IMAGENET_TEMPLATES_SELECT + extra
+        if self.cfg.DATASET.NAME == "ImageNet":
+            return list(IMAGENET_TEMPLATES_SELECT)
+        return IMAGENET_TEMPLATES_SELECT + super().templates()
