@@ -224,3 +224,16 @@ def test_broken_image_stops_or_is_skipped(tmp_path):
     log = (tmp_path / "skip/log.txt").read_text()
     assert "Skipped 1 broken images" in log
     assert json.loads((tmp_path / "skip/metrics.json").read_text())["num_samples"] == len(split["test"]) - 1
+
+
+def test_init_weights_and_input_size_check(data_root, tmp_path):
+    out = tmp_path / "a"
+    assert run(data_root, out, *train_args(1)) == 0
+    ckpt = str(out / "prompt_learner/model.pth.tar-1")
+    assert run(data_root, tmp_path / "b", *train_args(1, "MODEL.INIT_WEIGHTS", ckpt, "OPTIM.LR", "0.0",
+                                                        "OPTIM.WARMUP_EPOCH", "0")) == 0
+    a = torch.load(ckpt, weights_only=False)["state_dict"]["ctx"]
+    b = torch.load(tmp_path / "b/prompt_learner/model.pth.tar-1", weights_only=False)["state_dict"]["ctx"]
+    torch.testing.assert_close(b, a, rtol=0, atol=0)  # lr 0: the initial weights come back unchanged
+    with pytest.raises(ValueError, match=r"INPUT.SIZE \(32, 32\) must equal the CLIP image size \(224, 224\)"):
+        run(data_root, tmp_path / "c", *train_args(1, "INPUT.SIZE", "(32, 32)"))

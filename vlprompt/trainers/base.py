@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlprompt.clip import PromptedImageEncoder, PromptedTextEncoder, get_tokenizer, load_clip
+from vlprompt.engine.checkpoint import load_checkpoint
 from vlprompt.engine.optim import build_lr_scheduler, build_optimizer
 from vlprompt.engine.trainer import Precision, TrainerBase
 
@@ -66,6 +67,10 @@ class CLIPPromptTrainer(TrainerBase):
         classnames = self.dm.dataset.classnames
         print(f"Loading CLIP (backbone: {cfg.MODEL.BACKBONE.NAME})")
         clip_model = load_clip(cfg.MODEL.BACKBONE.NAME, cfg.MODEL.BACKBONE.PATH)
+        clip_size = tuple(getattr(clip_model.visual, "image_size", cfg.INPUT.SIZE))
+        if tuple(cfg.INPUT.SIZE) != clip_size:
+            raise ValueError(f"INPUT.SIZE {tuple(cfg.INPUT.SIZE)} must equal the CLIP image size {clip_size} "
+                             f"of {cfg.MODEL.BACKBONE.NAME}")
         clip_model.to(self.precision.weight_dtype)
         self.tokenizer = get_tokenizer(cfg.MODEL.BACKBONE.NAME)
         print(f"Building custom CLIP ({type(self).__name__})")
@@ -82,6 +87,10 @@ class CLIPPromptTrainer(TrainerBase):
         optim = build_optimizer(learnable, cfg.OPTIM)
         sched = build_lr_scheduler(optim, cfg.OPTIM)
         self.register_model(self.learnable_name, learnable, optim, sched)
+        if cfg.MODEL.INIT_WEIGHTS:  # Dassl's key: start from trained weights (e.g. a checkpoint of another run)
+            state = load_checkpoint(cfg.MODEL.INIT_WEIGHTS)
+            self.load_trainable_state(self.learnable_name, state["state_dict"], cfg.MODEL.INIT_WEIGHTS)
+            print(f"Initialised {self.learnable_name} from {cfg.MODEL.INIT_WEIGHTS}")
 
     @contextlib.contextmanager
     def _init_rng(self):
