@@ -207,7 +207,7 @@ def test_loads_official_coop_checkpoint(data_root, tmp_path, monkeypatch):
 def test_checkpoint_shape_mismatch_names_key(data_root, tmp_path):
     out = tmp_path / "ours"
     assert run(data_root, out, *train_args(1)) == 0
-    with pytest.raises(ValueError, match=r"'prompt_learner.ctx' has shape \(16, 48\), the model expects \(4, 48\)"):
+    with pytest.raises(ValueError, match=r"'ctx' has shape \(16, 48\), the model expects \(4, 48\) for 'prompt_learner.ctx'"):
         run(data_root, tmp_path / "ev", "--eval-only", "--model-dir", str(out), "--load-epoch", "1",
             *train_args(1, "TRAINER.COOP.N_CTX", "4"))
 

@@ -60,3 +60,13 @@ def init_context(text_encoder, tokenizer, n_ctx: int, ctx_init: str, shape_prefi
     ctx = torch.empty(*shape_prefix, n_ctx, text_encoder.width)
     nn.init.normal_(ctx, std=0.02)
     return ctx
+
+
+def deep_prompt_context(text_encoder, tokenizer, n_ctx: int, ctx_init: str):
+    """(prompt prefix, context [n, d_t]) by the rule of MaPLe, IVLP, BMIP and HiCroPL: CTX_INIT initialises
+    the n vectors only when n <= 4 (its first n tokens; the remaining words stay in the prompt as fixed
+    text); otherwise N(0, 0.02) vectors behind "X X ... X"."""
+    if ctx_init and n_ctx <= 4:
+        prefix = clean_classname(ctx_init)
+        return prefix, init_context(text_encoder, tokenizer, n_ctx, prefix)
+    return " ".join(["X"] * n_ctx), init_context(text_encoder, tokenizer, n_ctx, "")

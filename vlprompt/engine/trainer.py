@@ -124,25 +124,29 @@ class TrainerBase:
         trainable = {n for n, p in module.named_parameters() if p.requires_grad}
         return OrderedDict((k, v.detach().cpu()) for k, v in module.state_dict().items() if k in trainable)
 
-    def map_checkpoint(self, name: str, state_dict: dict) -> dict:
-        """Hook for trainers to translate official checkpoint keys; the default drops nothing."""
-        return state_dict
+    def map_checkpoint_key(self, name: str, key: str):
+        """Hook for trainers to translate official checkpoint keys; None drops the key."""
+        return key
 
     def load_trainable_state(self, name, state_dict, source=""):
         module = self._models[name]
-        state_dict = self.map_checkpoint(name, dict(state_dict))
+        mapped, origin = {}, {}
+        for key, value in state_dict.items():
+            new = self.map_checkpoint_key(name, key)
+            if new is not None:
+                mapped[new], origin[new] = value, key
         own = module.state_dict()
         trainable = [n for n, p in module.named_parameters() if p.requires_grad]
-        missing = [k for k in trainable if k not in state_dict]
-        unexpected = [k for k in state_dict if k not in own]
+        missing = [k for k in trainable if k not in mapped]
+        unexpected = [origin[k] for k in mapped if k not in own]
         if missing or unexpected:
             raise KeyError(f"Checkpoint {source} does not fit '{name}': missing keys {missing}, "
                            f"unexpected keys {unexpected}")
-        for k, v in state_dict.items():
+        for k, v in mapped.items():
             if tuple(v.shape) != tuple(own[k].shape):
-                raise ValueError(f"Checkpoint {source}: '{name}.{k}' has shape {tuple(v.shape)}, "
-                                 f"the model expects {tuple(own[k].shape)} (different N_CTX, classes or backbone?)")
-        module.load_state_dict(state_dict, strict=False)
+                raise ValueError(f"Checkpoint {source}: '{origin[k]}' has shape {tuple(v.shape)}, the model expects "
+                                 f"{tuple(own[k].shape)} for '{name}.{k}' (different N_CTX, classes or backbone?)")
+        module.load_state_dict(mapped, strict=False)
 
     # ---- checkpoints ---------------------------------------------------------------------------------
     def save_model(self, epoch, directory, val_result=None, model_name=""):

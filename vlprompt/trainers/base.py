@@ -1,6 +1,7 @@
 """What every CLIP prompt-learning trainer shares: load the frozen CLIP, build the method's model, train
 only its learnable module, and evaluate with the image-independent part computed once."""
 import contextlib
+import re
 
 import torch
 import torch.nn.functional as F
@@ -45,13 +46,44 @@ class PromptedCLIP(nn.Module):
         return scale * image_features @ text_features.t()
 
 
+# Parts of the official whole-model checkpoints (MaPLe, IVLP, VPT, BMIP, HiCroPL) that were never trained.
+OFFICIAL_FROZEN_PREFIXES = ("image_encoder.", "text_encoder.", "logit_scale", "prompt_learner.ZS_image_encoder.")
+
+
+def prompt_vectors(count: int, n: int, width: int) -> nn.ParameterList:
+    """`count` independent [n, width] prompts drawn from N(0, 0.02), as the official deep prompts."""
+    params = nn.ParameterList()
+    for _ in range(count):
+        p = torch.empty(n, width)
+        nn.init.normal_(p, std=0.02)
+        params.append(nn.Parameter(p))
+    return params
+
+
+def layer_minus_one(template: str):
+    """Replacement for official keys named by block index i whose prompts we keep at list index i - 1."""
+    return lambda m: template.format(int(m.group(1)) - 1)
+
+
+def check_depth(name: str, depth: int, num_layers: int, minimum: int = 0) -> int:
+    if not minimum <= depth <= num_layers:
+        raise ValueError(f"{name} is {depth}; it must be between {minimum} and the {num_layers} layers of the tower")
+    return depth
+
+
 class CLIPPromptTrainer(TrainerBase):
     """Subclasses set `config_key` (cfg.TRAINER.<key> holds PREC etc.), `learnable_name` (the attribute of
-    the model that trains; also the official checkpoint folder name) and implement build_clip_model()."""
+    the model that trains), `checkpoint_name` (the folder the official code saves it under) and implement
+    build_clip_model()."""
 
     config_key = ""
     learnable_name = "prompt_learner"
-    # Keys of official checkpoints that hold no trained values (frozen buffers) and are dropped on load.
+    checkpoint_name = "prompt_learner"
+    # Official checkpoint keys -> ours, as (regex, replacement string or function of the match); tried in
+    # order, first full match wins.
+    # Unmatched keys under OFFICIAL_FROZEN_PREFIXES are frozen CLIP weights and are dropped.
+    official_key_map = ()
+    # Keys (after mapping) that hold no trained values (frozen prompt embeddings) and are dropped on load.
     official_extra_keys = ("token_prefix", "token_suffix")
 
     @property
@@ -86,10 +118,10 @@ class CLIPPromptTrainer(TrainerBase):
         print(f"Parameters to be updated: {n_params:,} in '{self.learnable_name}'")
         optim = build_optimizer(learnable, cfg.OPTIM)
         sched = build_lr_scheduler(optim, cfg.OPTIM)
-        self.register_model(self.learnable_name, learnable, optim, sched)
+        self.register_model(self.checkpoint_name, learnable, optim, sched)
         if cfg.MODEL.INIT_WEIGHTS:  # Dassl's key: start from trained weights (e.g. a checkpoint of another run)
             state = load_checkpoint(cfg.MODEL.INIT_WEIGHTS)
-            self.load_trainable_state(self.learnable_name, state["state_dict"], cfg.MODEL.INIT_WEIGHTS)
+            self.load_trainable_state(self.checkpoint_name, state["state_dict"], cfg.MODEL.INIT_WEIGHTS)
             print(f"Initialised {self.learnable_name} from {cfg.MODEL.INIT_WEIGHTS}")
 
     @contextlib.contextmanager
@@ -103,8 +135,16 @@ class CLIPPromptTrainer(TrainerBase):
             torch.manual_seed(seed)
             yield
 
-    def map_checkpoint(self, name, state_dict):
-        return {k: v for k, v in state_dict.items() if k not in self.official_extra_keys}
+    def map_checkpoint_key(self, name, key):
+        """Our checkpoints pass through; official ones are translated with official_key_map."""
+        for pattern, replacement in self.official_key_map:
+            if re.fullmatch(pattern, key):
+                key = re.sub(pattern, replacement, key)
+                break
+        else:
+            if key.startswith(OFFICIAL_FROZEN_PREFIXES):
+                return None
+        return None if key in self.official_extra_keys else key
 
     def compute_loss(self, logits, labels):
         return F.cross_entropy(logits, labels)
@@ -114,7 +154,7 @@ class CLIPPromptTrainer(TrainerBase):
         with self.precision.autocast():
             logits = self.model(images).float()
             loss = self.compute_loss(logits, labels)
-        self.precision.backward_and_step(loss, self._optims[self.learnable_name])
+        self.precision.backward_and_step(loss, self._optims[self.checkpoint_name])
         acc = (logits.argmax(dim=1) == labels).float().mean().item() * 100.0
         return {"loss": loss.item(), "acc": acc}
 

@@ -1,6 +1,7 @@
 """Zero-shot CLIP with CoOp's hand-written template per dataset (ZeroshotCLIP), or an ensemble of
 templates (ZeroshotCLIP2, as CoOp's zsclip.py). Nothing trains; run it with --eval-only."""
 import torch
+import torch.nn.functional as F
 
 from vlprompt.clip.text_prompt import clean_classname
 from vlprompt.config import CfgNode, register_config_extension
@@ -45,20 +46,23 @@ def add_zsclip_config(cfg):
     cfg.TRAINER.ZSCLIP.PREC = "fp16"
 
 
+def template_text_features(text_encoder, tokenizer, classnames, templates) -> torch.Tensor:
+    """Normalised class features of hand-written templates: the mean over templates of normalised
+    features, renormalised (one template: just its normalised features)."""
+    names = [clean_classname(c) for c in classnames]
+    with torch.no_grad():
+        feats = [F.normalize(text_encoder.encode_tokens(tokenizer([t.format(n) for n in names])).float(), dim=-1)
+                 for t in templates]
+    return F.normalize(torch.stack(feats).mean(dim=0), dim=-1)
+
+
 class ZeroshotModel(PromptedCLIP):
-    """Fixed class text features: the mean over templates of normalised features, renormalised."""
+    """Fixed class text features from templates."""
 
     def __init__(self, clip_model, tokenizer, classnames, templates):
         super().__init__(clip_model)
-        names = [clean_classname(c) for c in classnames]
-        with torch.no_grad():
-            feats = []
-            for template in templates:
-                tokens = tokenizer([template.format(n) for n in names])
-                f = self.text_encoder.encode_tokens(tokens).float()
-                feats.append(f / f.norm(dim=-1, keepdim=True))
-            text = torch.stack(feats).mean(dim=0)
-        self.register_buffer("text_features", text / text.norm(dim=-1, keepdim=True), persistent=False)
+        text = template_text_features(self.text_encoder, tokenizer, classnames, templates)
+        self.register_buffer("text_features", text, persistent=False)
 
     def class_state(self):
         return {"text": self.text_features}
