@@ -17,7 +17,7 @@ from .base import DatasetBase, Datum, generate_fewshot_dataset, subsample_classe
 
 __all__ = [
     "DATUM_PICKLE_NAMES", "read_split", "save_split", "load_fewshot_cache", "save_fewshot_cache",
-    "reroot_impath", "SplitFileDataset",
+    "save_datum_pickle", "reroot_impath", "SplitFileDataset",
 ]
 
 # The official caches pickle Dassl's Datum (its __module__ is base_dataset); map every spelling to ours
@@ -75,19 +75,24 @@ class _DasslNamePickler(pickle._Pickler):
             super().save_global(obj, name)
 
 
-def save_fewshot_cache(path, train, val):
-    """Write {"train": [...], "val": [...]} like CoOp (HIGHEST_PROTOCOL), atomically (a crash leaves no
-    truncated cache behind)."""
+def save_datum_pickle(path, data):
+    """Pickle ``data`` (Datum lists in a dict) like CoOp (HIGHEST_PROTOCOL, Datum under Dassl's name),
+    atomically (a crash leaves no truncated file behind)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"  # not mkstemp: its 0600 mode would stay
     try:
         with open(tmp, "xb") as f:
-            _DasslNamePickler(f, protocol=pickle.HIGHEST_PROTOCOL).dump({"train": train, "val": val})
+            _DasslNamePickler(f, protocol=pickle.HIGHEST_PROTOCOL).dump(data)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def save_fewshot_cache(path, train, val):
+    """Write {"train": [...], "val": [...]} like CoOp."""
+    save_datum_pickle(path, {"train": train, "val": val})
 
 
 def reroot_impath(impath, dataset_dir):
@@ -104,14 +109,15 @@ def reroot_impath(impath, dataset_dir):
     return None
 
 
-def load_fewshot_cache(path, dataset_dir):
-    """Read a few-shot cache (official or ours) with the restricted unpickler; returns (train, val), with
-    paths re-rooted under ``dataset_dir`` where the dataset moved, or None (with a warning) if unusable."""
+def load_fewshot_cache(path, dataset_dir, keys=("train", "val")):
+    """Read a few-shot cache (official or ours) with the restricted unpickler; returns the lists under
+    ``keys`` (CoOp's ImageNet cache holds only "train"), with paths re-rooted under ``dataset_dir`` where
+    the dataset moved, or None (with a warning) if unusable."""
     try:
         data = safe_pickle.load(path, allowed=DATUM_PICKLE_NAMES)
-        splits = [data["train"], data["val"]]
+        splits = [data[key] for key in keys]
         if not all(isinstance(s, list) and all(isinstance(d, Datum) for d in s) for s in splits):
-            raise TypeError("expected lists of Datum under 'train' and 'val'")
+            raise TypeError(f"expected lists of Datum under {' and '.join(map(repr, keys))}")
     except Exception as e:
         warnings.warn(f"Ignoring unreadable few-shot cache {path} ({type(e).__name__}: {e})")
         return None
@@ -134,7 +140,7 @@ def load_fewshot_cache(path, dataset_dir):
             f"delete it to cache the new sample."
         )
         return None
-    return splits[0], splits[1]
+    return tuple(splits)
 
 
 class SplitFileDataset(DatasetBase):
@@ -157,13 +163,7 @@ class SplitFileDataset(DatasetBase):
         self.split_path = os.path.join(self.dataset_dir, cls.split_file)
         self.split_fewshot_dir = os.path.join(self.dataset_dir, "split_fewshot")
         self.prepare(root)
-
-        if os.path.exists(self.split_path):
-            train, val, test = read_split(self.split_path, self.image_dir)
-        else:
-            train, val, test = self.create_split()
-            save_split(train, val, test, self.split_path, self.image_dir)
-
+        train, val, test = self.load_split()
         train, val = self.fewshot_train_val(train, val, cfg.DATASET.NUM_SHOTS, cfg.SEED)
         train, val, test = subsample_classes(train, val, test, subsample=cfg.DATASET.SUBSAMPLE_CLASSES)
         super().__init__(train_x=train, val=val, test=test)
@@ -176,6 +176,14 @@ class SplitFileDataset(DatasetBase):
                 f"'{type(self).dataset_dir}' folder under DATASET.ROOT ({root}) as CoOp's DATASETS.md "
                 f"describes, or point DATASET.ROOT (--root) at the folder that holds it."
             )
+
+    def load_split(self):
+        """(train, val, test): the split file, or else ``create_split()``, written to the split file as CoOp does."""
+        if os.path.exists(self.split_path):
+            return read_split(self.split_path, self.image_dir)
+        train, val, test = self.create_split()
+        save_split(train, val, test, self.split_path, self.image_dir)
+        return train, val, test
 
     def create_split(self):
         """(train, val, test) built from the raw dataset when the split file is missing; readers that can

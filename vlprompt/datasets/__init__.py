@@ -19,3 +19,7 @@ def build_dataset(cfg):
 
 # Readers import vlprompt.data, which imports build_dataset above: keep these imports after it
 from . import synthetic  # noqa: E402,F401
+from . import (  # noqa: E402,F401  the benchmark readers (CoOp's DATASET.NAME values) and the own-data readers
+    caltech101, dtd, eurosat, fgvc_aircraft, food101, imagenet, oxford_flowers, oxford_pets, own_data, stanford_cars,
+    sun397, ucf101,
+)
