@@ -95,6 +95,8 @@ class TrainerBase:
         self._models, self._optims, self._scheds = OrderedDict(), OrderedDict(), OrderedDict()
         self._writer = None
         self.best_result = -float("inf")
+        self.epochs_without_improvement = 0  # validation epochs since the best (TRAIN.EARLY_STOPPING)
+        self.stop_early = False
         self.dm = DataManager(cfg)
         self.train_loader_x = self.dm.train_loader_x
         self.val_loader = self.dm.val_loader
@@ -159,6 +161,7 @@ class TrainerBase:
                 "scheduler": sched.state_dict() if sched is not None else None,
                 "val_result": val_result,
                 "best_result": self.best_result,
+                "epochs_without_improvement": self.epochs_without_improvement,
                 "rng_state": ckpt.rng_state(),
             }
             ckpt.save_checkpoint(state, os.path.join(directory, name), model_name=model_name)
@@ -182,6 +185,7 @@ class TrainerBase:
                 ckpt.set_rng_state(state["rng_state"])
             if state.get("best_result") is not None:
                 self.best_result = state["best_result"]
+            self.epochs_without_improvement = state.get("epochs_without_improvement", 0)
             start_epoch = state["epoch"]
             print(f'Loaded model weights from "{path}"; previous epoch: {start_epoch}')
         return start_epoch
@@ -217,6 +221,8 @@ class TrainerBase:
         for self.epoch in range(self.start_epoch, self.max_epoch):
             self.run_epoch()
             self.after_epoch()
+            if self.stop_early:
+                break
         self.after_train()
 
     def before_train(self):
@@ -282,8 +288,16 @@ class TrainerBase:
             result = self.test(split="val")
             if result > self.best_result:
                 self.best_result = result
+                self.epochs_without_improvement = 0
                 self.save_model(self.epoch, self.output_dir, val_result=result, model_name=ckpt.BEST_NAME)
-        if meet_checkpoint_freq or last_epoch:
+            else:
+                self.epochs_without_improvement += 1
+            patience = self.cfg.TRAIN.PATIENT_COUNT
+            if self.cfg.TRAIN.EARLY_STOPPING and patience > 0 and self.epochs_without_improvement >= patience:
+                print(f"Early stopping after epoch {self.epoch + 1}: no better validation accuracy for "
+                      f"{patience} epochs (best {self.best_result:.2f})")
+                self.stop_early = True
+        if meet_checkpoint_freq or last_epoch or self.stop_early:
             self.save_model(self.epoch, self.output_dir)
 
     def after_train(self):
