@@ -193,6 +193,8 @@ _C.TEST.SPLIT = "test"
 _C.TEST.FINAL_MODEL = "last_step"
 # vlprompt: also save the test logits and labels to OUTPUT_DIR
 _C.TEST.SAVE_LOGITS = False
+# vlprompt: write per-sample predictions (image path, label, top-5 classes and scores) to predictions.csv
+_C.TEST.SAVE_PREDICTIONS = False
 
 ###########################
 # Trainers (Dassl's own; prompt-learning trainers add theirs by extension)

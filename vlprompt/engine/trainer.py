@@ -1,6 +1,7 @@
 """The training loop with Dassl's semantics (TrainerX): epochs, per-epoch lr steps, validation, checkpoints,
 evaluation, log lines the official parse_test_res.py reads, tqdm bars and TensorBoard scalars."""
 import contextlib
+import csv
 import datetime
 import os
 import sys
@@ -104,7 +105,8 @@ class TrainerBase:
         self.num_classes = self.dm.num_classes
         self.lab2cname = self.dm.lab2cname
         self.build_model()
-        self.evaluator = ClassificationEvaluator(self.lab2cname, per_class=cfg.TEST.PER_CLASS_RESULT)
+        self.evaluator = ClassificationEvaluator(self.lab2cname, per_class=cfg.TEST.PER_CLASS_RESULT,
+                                                 base_new=cfg.DATASET.SUBSAMPLE_CLASSES == "all")
 
     # ---- models -------------------------------------------------------------------------------------
     def build_model(self):
@@ -336,8 +338,8 @@ class TrainerBase:
         if split == "val" and self.val_loader is None:
             split = "test"
         print(f"Evaluate on the *{split}* set")
-        save_logits = self.cfg.TEST.SAVE_LOGITS and split != "val"
-        all_logits, all_labels, all_paths = [], [], []
+        keep = split != "val" and (self.cfg.TEST.SAVE_LOGITS or self.cfg.TEST.SAVE_PREDICTIONS)
+        kept = {"logits": [], "label": [], "impath": []}
         state = self.inference_state()
         for batch in tqdm(loader, desc=f"eval {split}", leave=False, disable=None, dynamic_ncols=True):
             if batch is None:
@@ -345,29 +347,61 @@ class TrainerBase:
             images, labels = self.parse_batch(batch)
             logits = self.model_inference(images, state).float()
             self.evaluator.process(logits, labels)
-            if save_logits:
-                all_logits.append(logits.cpu())
-                all_labels.append(labels.cpu())
-                all_paths.extend(batch["impath"])
+            if keep:
+                kept["logits"].append(logits.cpu())
+                kept["label"].append(labels.cpu())
+                kept["impath"].extend(batch["impath"])
         self._report_skipped()
         results = self.evaluator.evaluate()
         for k, v in results.items():
             self.write_scalar(f"{split}/{k}", v, self.epoch)
         if self.output_dir:
             os.makedirs(self.output_dir, exist_ok=True)
-            metrics = dict(results, split=split, num_samples=self.evaluator.details["total"],
-                           correct=self.evaluator.details["correct"],
-                           classes=[self.lab2cname.get(c, str(c)) for c in self.evaluator.details["classes"]],
-                           num_classes_evaluated=len(self.evaluator.details["classes"]),
-                           dataset=self.cfg.DATASET.NAME, subsample_classes=self.cfg.DATASET.SUBSAMPLE_CLASSES,
-                           trainer=self.cfg.TRAINER.NAME, epoch=self.epoch + 1)
-            if "per_class_accuracy" in self.evaluator.details:
-                metrics["per_class_accuracy"] = self.evaluator.details["per_class_accuracy"]
-            name = "metrics.json" if split == "test" else f"metrics_{split}.json"
-            write_json_atomic(os.path.join(self.output_dir, name), metrics)
-            if save_logits:
-                path = os.path.join(self.output_dir, "logits.pt")
-                torch.save({"impath": all_paths, "label": torch.cat(all_labels).long(),
-                            "logits": torch.cat(all_logits)}, path + ".tmp")
-                os.replace(path + ".tmp", path)
+            self._write_metrics(split, results)
+            if keep:
+                kept = {"impath": kept["impath"], "label": torch.cat(kept["label"]).long(),
+                        "logits": torch.cat(kept["logits"])}
+                if self.cfg.TEST.SAVE_LOGITS:
+                    path = os.path.join(self.output_dir, "logits.pt")
+                    torch.save(kept, path + ".tmp")
+                    os.replace(path + ".tmp", path)
+                if self.cfg.TEST.SAVE_PREDICTIONS:
+                    self._write_predictions(kept)
         return list(results.values())[0]
+
+    def _write_metrics(self, split, results):
+        ev = self.evaluator
+        metrics = dict(results, split=split, num_samples=ev.details["total"], correct=ev.details["correct"],
+                       classes=[self.lab2cname.get(c, str(c)) for c in ev.details["classes"]],
+                       num_classes_evaluated=len(ev.details["classes"]),
+                       dataset=self.cfg.DATASET.NAME, subsample_classes=self.cfg.DATASET.SUBSAMPLE_CLASSES,
+                       num_shots=self.cfg.DATASET.NUM_SHOTS, seed=self.cfg.SEED,
+                       trainer=self.cfg.TRAINER.NAME, epoch=self.epoch + 1)
+        if "per_class_accuracy" in ev.details:
+            metrics["per_class_accuracy"] = ev.details["per_class_accuracy"]
+        base_new = ev.base_new_results()
+        if base_new is not None:
+            metrics.update(base_new)
+        confusion = ev.confusion_matrix()
+        if confusion is not None:
+            metrics["confusion_matrix"] = confusion
+        name = "metrics.json" if split == "test" else f"metrics_{split}.json"
+        write_json_atomic(os.path.join(self.output_dir, name), metrics)
+
+    def _write_predictions(self, kept, top=5):
+        """predictions.csv: image path, label, and the top classes with their softmax scores."""
+        probs = kept["logits"].softmax(dim=1)
+        scores, classes = probs.topk(min(top, probs.shape[1]), dim=1)
+        path = os.path.join(self.output_dir, "predictions.csv")
+        with open(path + ".tmp", "w", newline="") as f:
+            writer = csv.writer(f)
+            k = classes.shape[1]
+            writer.writerow(["impath", "label", "classname"] + [f"top{i + 1}{s}" for i in range(k)
+                                                                 for s in ("", "_score")])
+            for impath, label, cls, sc in zip(kept["impath"], kept["label"].tolist(), classes.tolist(),
+                                              scores.tolist()):
+                row = [impath, label, self.lab2cname.get(label, str(label))]
+                for c, p in zip(cls, sc):
+                    row += [self.lab2cname.get(c, str(c)), f"{p:.6f}"]
+                writer.writerow(row)
+        os.replace(path + ".tmp", path)
