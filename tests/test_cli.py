@@ -237,3 +237,22 @@ def test_init_weights_and_input_size_check(data_root, tmp_path):
     torch.testing.assert_close(b, a, rtol=0, atol=0)  # lr 0: the initial weights come back unchanged
     with pytest.raises(ValueError, match=r"INPUT.SIZE \(32, 32\) must equal the CLIP image size \(224, 224\)"):
         run(data_root, tmp_path / "c", *train_args(1, "INPUT.SIZE", "(32, 32)"))
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(data_root, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    args = train_args(2, "TRAIN.CHECKPOINT_FREQ", "1")
+    from vlprompt.trainers.base import CLIPPromptTrainer
+
+    original = CLIPPromptTrainer.compute_loss
+
+    def nan_in_second_epoch(self, logits, labels):
+        loss = original(self, logits, labels)
+        return loss * float("nan") if self.epoch == 1 else loss
+
+    monkeypatch.setattr(CLIPPromptTrainer, "compute_loss", nan_in_second_epoch)
+    assert run(data_root, out, *args) == 3
+    err = capsys.readouterr().err
+    assert "Loss is nan at epoch 2, batch 1 (step 6) with precision fp32" in err
+    assert sorted(os.listdir(out / "prompt_learner")) == ["checkpoint", "model.pth.tar-1"]
+    assert torch.load(out / "prompt_learner/model.pth.tar-1", weights_only=False)["epoch"] == 1

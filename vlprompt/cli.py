@@ -131,6 +131,9 @@ def main(argv=None) -> int:
     except (ConfigError, ConfigTypeError, RegistryError, FileNotFoundError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except FloatingPointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

@@ -319,6 +319,15 @@ class TrainerBase:
     def forward_backward(self, batch):
         raise NotImplementedError
 
+    def check_finite(self, loss):
+        """Stop before a NaN/inf loss updates anything; the checkpoints written so far stay as they are."""
+        if not torch.isfinite(loss).all():
+            step = self.epoch * self.num_batches + self.batch_idx + 1
+            raise FloatingPointError(
+                f"Loss is {loss.item()} at epoch {self.epoch + 1}, batch {self.batch_idx + 1} (step {step}) with "
+                f"precision {getattr(getattr(self, 'precision', None), 'name', '?')}; training stopped before the "
+                f"update, and the last checkpoint in {self.output_dir} is kept. Try a lower OPTIM.LR or PREC fp32.")
+
     def parse_batch(self, batch):
         return batch["img"].to(self.device), batch["label"].to(self.device)
 

@@ -154,6 +154,7 @@ class CLIPPromptTrainer(TrainerBase):
         with self.precision.autocast():
             logits = self.model(images).float()
             loss = self.compute_loss(logits, labels)
+        self.check_finite(loss)
         self.precision.backward_and_step(loss, self._optims[self.checkpoint_name])
         acc = (logits.argmax(dim=1) == labels).float().mean().item() * 100.0
         return {"loss": loss.item(), "acc": acc}
