@@ -23,6 +23,17 @@ OFFICIAL_NAMES = {
 # Architectures shipped with vlprompt: random init (fixed seed) unless MODEL.BACKBONE.PATH gives weights.
 RANDOM_INIT_PREFIX = "vlprompt-"
 RANDOM_INIT_SEED = 0
+# ...except the toy CLIP, pretrained by tools/pretrain_toyclip.py (docs/toyworld.md); its weights are read from
+# $VLPROMPT_TOY_CLIP, else from output/toyclip/ in the repository.
+TOY_NAME = "vlprompt-toy"
+
+
+def toy_checkpoint_path() -> Path:
+    """Where load_clip('vlprompt-toy') looks for the pretrained toy CLIP."""
+    env = os.environ.get("VLPROMPT_TOY_CLIP")
+    if env:
+        return Path(env).expanduser()
+    return Path(__file__).resolve().parents[2] / "output" / "toyclip" / f"{TOY_NAME}.pt"
 
 _registered = False
 
@@ -123,10 +134,10 @@ def _missing_weights_error(name: str, tried: list) -> FileNotFoundError:
 def load_clip(name: str, path: str = "", device="cpu", random_weights: bool = False) -> torch.nn.Module:
     """Build `name`'s architecture in fp32 and load its weights; the model comes back frozen and in eval mode.
 
-    Weights come from `path` if given, else from the local caches of OpenAI/open_clip files. Architectures named
-    'vlprompt-*' have no pretrained weights: without `path` they get a fixed-seed random init, so two processes
-    build the same model (a checkpoint trained on one evaluates identically in another). random_weights does
-    the same for any architecture (benchmarks).
+    Weights come from `path` if given, else from the local caches of OpenAI/open_clip files, or for 'vlprompt-toy'
+    from toy_checkpoint_path(). Other architectures named 'vlprompt-*' have no pretrained weights: without `path`
+    they get a fixed-seed random init, so two processes build the same model (a checkpoint trained on one
+    evaluates identically in another). random_weights does the same for any architecture (benchmarks).
     """
     arch = resolve_architecture(name)
     if path:
@@ -134,6 +145,13 @@ def load_clip(name: str, path: str = "", device="cpu", random_weights: bool = Fa
         if not path.is_file():
             raise FileNotFoundError(f"MODEL.BACKBONE.PATH '{path}' does not exist or is not a file")
         weights = path
+    elif arch == TOY_NAME and not random_weights:
+        weights = toy_checkpoint_path()
+        if not weights.is_file():
+            raise FileNotFoundError(
+                f"No pretrained toy CLIP at {weights}. Run `python tools/pretrain_toyclip.py` (about 3 minutes "
+                f"on a CPU; `make demo` does it too), or set MODEL.BACKBONE.PATH or $VLPROMPT_TOY_CLIP to a "
+                f"checkpoint it wrote.")
     elif random_weights or arch.startswith(RANDOM_INIT_PREFIX):
         weights = None
     else:
