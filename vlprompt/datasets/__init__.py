@@ -23,3 +23,4 @@ from . import (  # noqa: E402,F401  the benchmark readers (CoOp's DATASET.NAME v
     caltech101, dtd, eurosat, fgvc_aircraft, food101, imagenet, oxford_flowers, oxford_pets, own_data, stanford_cars,
     sun397, ucf101,
 )
+from . import toyworld  # noqa: E402,F401
