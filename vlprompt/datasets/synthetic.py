@@ -9,15 +9,14 @@ sample, and writes into a temporary folder renamed into place, so a crash never 
 import math
 import os
 import random
-import shutil
-import uuid
 
 from PIL import Image, ImageDraw
 
 from vlprompt.data.base import Datum
-from vlprompt.data.split_dataset import SplitFileDataset, save_split
+from vlprompt.data.split_dataset import save_split
 
 from . import DATASET_REGISTRY
+from .generated import GeneratedDataset
 
 # (colour name, RGB, shape): each class differs in both colour and shape
 CLASSES = [
@@ -104,46 +103,10 @@ def write_synthetic_dataset(folder, image_dir="images", split_file="split_synthe
 
 
 @DATASET_REGISTRY.register()
-class Synthetic(SplitFileDataset):
+class Synthetic(GeneratedDataset):
     dataset_dir = "synthetic"
     image_dir = "images"
     split_file = "split_synthetic.json"
 
-    def prepare(self, root):
-        if os.path.isdir(self.dataset_dir):
-            return
-        parent = os.path.dirname(root)
-        if not os.path.isdir(root) and not os.path.isdir(parent):
-            raise FileNotFoundError(
-                f"DATASET.ROOT {root} does not exist, nor does its parent {parent}: create it or point "
-                f"DATASET.ROOT (--root) at an existing folder where the Synthetic dataset can be written."
-            )
-        try:
-            os.makedirs(root, exist_ok=True)
-            # not tempfile.mkdtemp: its 0700 mode would stay on the renamed folder
-            tmp = os.path.join(root, f".{type(self).dataset_dir}-tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-            os.mkdir(tmp)
-        except OSError as e:
-            raise FileNotFoundError(
-                f"Cannot create the Synthetic dataset folder {self.dataset_dir} ({e}): point DATASET.ROOT "
-                f"(--root) at a writable folder."
-            ) from e
-        print(f"Writing the Synthetic dataset to {self.dataset_dir}")
-        try:
-            write_synthetic_dataset(tmp, type(self).image_dir, type(self).split_file)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        try:
-            os.rename(tmp, self.dataset_dir)
-        except OSError:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if not os.path.isdir(self.dataset_dir):
-                raise
-            # another process wrote it first: use theirs
-
-    def create_split(self):
-        raise FileNotFoundError(
-            f"{self.split_path} is missing from the Synthetic dataset folder: delete {self.dataset_dir} "
-            f"and it is written again."
-        )
+    def write(self, folder):
+        write_synthetic_dataset(folder, type(self).image_dir, type(self).split_file)

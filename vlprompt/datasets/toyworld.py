@@ -11,18 +11,17 @@ deterministically (a seeded numpy Generator, never python's global ``random``, w
 into a temporary folder renamed into place, so a crash never leaves half a dataset.
 """
 import os
-import shutil
-import uuid
 
 import numpy as np
 from PIL import Image
 
 from vlprompt.data.base import Datum
-from vlprompt.data.split_dataset import SplitFileDataset, save_split
+from vlprompt.data.split_dataset import save_split
 from vlprompt.toyworld.render import COLOURS, SHAPES, STYLES, SIZES, Scene, render
 from vlprompt.toyworld.world import grid_classes
 
 from . import DATASET_REGISTRY
+from .generated import GeneratedDataset
 
 SPLIT_SIZES = {"train": 32, "val": 8, "test": 40}  # images per class
 
@@ -56,7 +55,7 @@ def write_toy_dataset(folder, classes, style, seed, image_dir="images", split_fi
     save_split(splits["train"], splits["val"], splits["test"], os.path.join(folder, split_file), image_root)
 
 
-class ToyWorldDataset(SplitFileDataset):
+class ToyWorldDataset(GeneratedDataset):
     """A generated toy dataset: subclasses state the folder, the rendering style, the seed and the classes."""
 
     image_dir = "images"
@@ -69,43 +68,9 @@ class ToyWorldDataset(SplitFileDataset):
         colours = list(COLOURS)
         return [(f"{c} {s}", colours.index(c), SHAPES.index(s)) for c, s in grid_classes()]
 
-    def prepare(self, root):
-        if os.path.isdir(self.dataset_dir):
-            return
-        name = type(self).__name__
-        parent = os.path.dirname(root)
-        if not os.path.isdir(root) and not os.path.isdir(parent):
-            raise FileNotFoundError(
-                f"DATASET.ROOT {root} does not exist, nor does its parent {parent}: create it or point "
-                f"DATASET.ROOT (--root) at an existing folder where the {name} dataset can be written.")
-        try:
-            os.makedirs(root, exist_ok=True)
-            # not tempfile.mkdtemp: its 0700 mode would stay on the renamed folder
-            tmp = os.path.join(root, f".{type(self).dataset_dir}-tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-            os.mkdir(tmp)
-        except OSError as e:
-            raise FileNotFoundError(
-                f"Cannot create the {name} dataset folder {self.dataset_dir} ({e}): point DATASET.ROOT "
-                f"(--root) at a writable folder.") from e
-        print(f"Writing the {name} dataset to {self.dataset_dir}")
-        try:
-            cls = type(self)
-            write_toy_dataset(tmp, cls.classes(), cls.style, cls.seed, cls.image_dir, cls.split_file)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        try:
-            os.rename(tmp, self.dataset_dir)
-        except OSError:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if not os.path.isdir(self.dataset_dir):
-                raise
-            # another process wrote it first: use theirs (same seed, same files)
-
-    def create_split(self):
-        raise FileNotFoundError(
-            f"{self.split_path} is missing from the {type(self).__name__} folder: delete {self.dataset_dir} "
-            f"and it is written again.")
+    def write(self, folder):
+        cls = type(self)
+        write_toy_dataset(folder, cls.classes(), cls.style, cls.seed, cls.image_dir, cls.split_file)
 
 
 @DATASET_REGISTRY.register()
