@@ -40,6 +40,11 @@ def vision_prompts(image_encoder, n_ctx: int, depth: int):
     return nn.Parameter(first), prompt_vectors(depth - 1, n_ctx, image_encoder.width)
 
 
+def encode_images(image_encoder, images, learner):
+    """Image features with a learner's independent vision prompts (`visual_ctx`, `visual_prompts`)."""
+    return image_encoder(images, prompts=learner.visual_ctx, deep_prompts=[None, *learner.visual_prompts])
+
+
 class IVLPPromptLearner(nn.Module):
     def __init__(self, text_encoder, image_encoder, tokenizer, classnames, c):
         super().__init__()
@@ -64,9 +69,7 @@ class IVLPModel(PromptedCLIP):
         return {"text": text}
 
     def logits(self, images, state):
-        pl = self.prompt_learner
-        image = self.image_encoder(images, prompts=pl.visual_ctx, deep_prompts=[None, *pl.visual_prompts])
-        return self.similarity(image, state["text"])
+        return self.similarity(encode_images(self.image_encoder, images, self.prompt_learner), state["text"])
 
 
 @TRAINER_REGISTRY.register()

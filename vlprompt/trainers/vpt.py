@@ -9,7 +9,7 @@ from vlprompt.config import CfgNode, register_config_extension
 from vlprompt.engine.trainer import TRAINER_REGISTRY
 
 from .base import CLIPPromptTrainer, PromptedCLIP, layer_minus_one
-from .ivlp import vision_prompts
+from .ivlp import encode_images, vision_prompts
 from .zsclip import template_text_features
 
 
@@ -44,9 +44,7 @@ class VPTModel(PromptedCLIP):
         return {"text": self.text_features}
 
     def logits(self, images, state):
-        pl = self.prompt_learner
-        image = self.image_encoder(images, prompts=pl.visual_ctx, deep_prompts=[None, *pl.visual_prompts])
-        return self.similarity(image, state["text"])
+        return self.similarity(encode_images(self.image_encoder, images, self.prompt_learner), state["text"])
 
 
 @TRAINER_REGISTRY.register()
