@@ -244,13 +244,13 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(data_root, tmp_path, ca
     args = train_args(2, "TRAIN.CHECKPOINT_FREQ", "1")
     from vlprompt.trainers.base import CLIPPromptTrainer
 
-    original = CLIPPromptTrainer.compute_loss
+    original = CLIPPromptTrainer.model_loss
 
-    def nan_in_second_epoch(self, logits, labels):
-        loss = original(self, logits, labels)
-        return loss * float("nan") if self.epoch == 1 else loss
+    def nan_in_second_epoch(self, images, labels):
+        logits, loss = original(self, images, labels)
+        return logits, loss * float("nan") if self.epoch == 1 else loss
 
-    monkeypatch.setattr(CLIPPromptTrainer, "compute_loss", nan_in_second_epoch)
+    monkeypatch.setattr(CLIPPromptTrainer, "model_loss", nan_in_second_epoch)
     assert run(data_root, out, *args) == 3
     err = capsys.readouterr().err
     assert "Loss is nan at epoch 2, batch 1 (step 6) with precision fp32" in err

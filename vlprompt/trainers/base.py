@@ -146,14 +146,15 @@ class CLIPPromptTrainer(TrainerBase):
                 return None
         return None if key in self.official_extra_keys else key
 
-    def compute_loss(self, logits, labels):
-        return F.cross_entropy(logits, labels)
+    def model_loss(self, images, labels):
+        """(logits, loss) of one training batch: cross-entropy; methods with more loss terms override."""
+        logits = self.model(images).float()
+        return logits, F.cross_entropy(logits, labels)
 
     def forward_backward(self, batch):
         images, labels = self.parse_batch(batch)
         with self.precision.autocast():
-            logits = self.model(images).float()
-            loss = self.compute_loss(logits, labels)
+            logits, loss = self.model_loss(images, labels)
         self.check_finite(loss)
         self.precision.backward_and_step(loss, self._optims[self.checkpoint_name])
         acc = (logits.argmax(dim=1) == labels).float().mean().item() * 100.0
