@@ -10,6 +10,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def cache_dir(tmp_path_factory):
+    """Caches the code writes (HiCroPL's fixed text embeddings) go to a temporary folder, not ~/.cache."""
+    path = tmp_path_factory.mktemp("vlprompt-cache")
+    os.environ["VLPROMPT_CACHE"] = str(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_clip():
     from vlprompt.clip import load_clip

@@ -46,14 +46,24 @@ def add_zsclip_config(cfg):
     cfg.TRAINER.ZSCLIP.PREC = "fp16"
 
 
-def template_text_features(text_encoder, tokenizer, classnames, templates) -> torch.Tensor:
-    """Normalised class features of hand-written templates: the mean over templates of normalised
-    features, renormalised (one template: just its normalised features)."""
-    names = [clean_classname(c) for c in classnames]
+def ensemble_text_features(text_encoder, tokenizer, sentences_per_class, chunk: int = 1000) -> torch.Tensor:
+    """Normalised class features [C, d]: per class, the mean of its sentences' normalised features,
+    renormalised (CLIP's prompt ensembling; one sentence: its normalised feature)."""
+    flat = [s for sentences in sentences_per_class for s in sentences]
     with torch.no_grad():
-        feats = [F.normalize(text_encoder.encode_tokens(tokenizer([t.format(n) for n in names])).float(), dim=-1)
-                 for t in templates]
-    return F.normalize(torch.stack(feats).mean(dim=0), dim=-1)
+        feats = torch.cat([F.normalize(text_encoder.encode_tokens(tokenizer(flat[i:i + chunk])).float(), dim=-1)
+                           for i in range(0, len(flat), chunk)])
+    means, start = [], 0
+    for sentences in sentences_per_class:
+        means.append(feats[start:start + len(sentences)].mean(dim=0))
+        start += len(sentences)
+    return F.normalize(torch.stack(means), dim=-1)
+
+
+def template_text_features(text_encoder, tokenizer, classnames, templates) -> torch.Tensor:
+    """Normalised class features of hand-written templates, ensembled over the templates."""
+    names = [clean_classname(c) for c in classnames]
+    return ensemble_text_features(text_encoder, tokenizer, [[t.format(n) for t in templates] for n in names])
 
 
 class ZeroshotModel(PromptedCLIP):
