@@ -22,5 +22,12 @@ demo: venv
 test: venv
 	$(PY) -m pytest -q tests
 
+# The open-world table (BMIP Table 1 layout) of CoOp, MaPLe and BMIP on miniature datasets with a tiny random CLIP,
+# on the CPU; docs/protocols.md gives the same command for real data and a real CLIP on GPUs.
+.PHONY: open-world-mini
+open-world-mini: venv
+	test -d output/mini/data || $(PY) tools/make_fixture_data.py --root output/mini/data --dataset caltech101 oxford_pets dtd eurosat ucf101
+	OMP_NUM_THREADS=1 $(PY) tools/sweep.py --protocol base2new --trainers CoOp MaPLe BMIP --datasets caltech101 oxford_pets dtd eurosat ucf101 --seeds 1 2 3 --root output/mini/data --output output/mini --cpu --jobs 2 --table open_world MODEL.BACKBONE.NAME vlprompt-tiny DATALOADER.NUM_WORKERS 0 OPTIM.MAX_EPOCH 1
+
 clean:
 	rm -rf $(VENV) output

@@ -186,10 +186,14 @@ def transfer_records(runs, protocol, source):
     return rec
 
 
-def few_shot_records(runs):
+def few_shot_records(runs, source):
+    """Training runs on all classes, less the source runs of cross-dataset / DG evaluations: those share the
+    few-shot folder layout, but only the source dataset's run of a method that was also evaluated elsewhere."""
     rec = Records()
+    transferred = {(r.trainer, r.cfg, r.shots) for r in runs if r.kind == "evaluation"}
     for r in runs:
-        if r.kind == "train" and r.metrics.get("subsample_classes", "all") == "all":
+        is_source = r.dataset == source and (r.trainer, r.cfg, r.shots) in transferred
+        if r.kind == "train" and not is_source and r.metrics.get("subsample_classes", "all") == "all":
             rec.values[(r.trainer, r.cfg, r.dataset, r.shots, r.seed)] = {"accuracy": r.metrics["accuracy"]}
     return rec
 
@@ -367,7 +371,7 @@ def records_for(protocol, runs, source):
         return b2n_records(runs, protocol == "open_world")
     if protocol in ("cross_dataset", "domain_generalization"):
         return transfer_records(runs, protocol, source)
-    return few_shot_records(runs)
+    return few_shot_records(runs, source)
 
 
 def parse(root, protocol, seeds=(1, 2, 3), datasets=None, methods=None, shots=None, source="imagenet",

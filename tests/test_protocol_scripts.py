@@ -1,0 +1,65 @@
+"""tools/parse_results.py and tools/plot_results.py on a fabricated tree of metrics.json files with known numbers."""
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOOLS = os.path.join(ROOT, "tools")
+
+# (method, dataset, seed) -> (open-world base, new, accuracy); BMIP/dtd/seed3 is left out on purpose
+OW = {(m, d, s): (40 + 3 * i + s, 20 + 2 * j + s * s, 30 + i + j + s)
+      for i, m in enumerate(["CoOp", "BMIP"]) for j, d in enumerate(["dtd", "eurosat"]) for s in (1, 2, 3)}
+MISSING = ("BMIP", "dtd", 3)
+
+
+def hm(a, b):
+    return 2 * a * b / (a + b)
+
+
+def write_tree(root):
+    for (m, d, s), (b, n, acc) in OW.items():
+        if (m, d, s) == MISSING:
+            continue
+        run = os.path.join(root, "base2new", "test_all", d, "shots_16", m, "cfg", f"seed{s}")
+        os.makedirs(run)
+        with open(os.path.join(run, "metrics.json"), "w") as f:
+            json.dump({"accuracy": acc, "subsample_classes": "all",
+                       "base_to_new": {"base": b + 5, "new": n + 5, "hm": hm(b + 5, n + 5)},
+                       "open_world": {"base": b, "new": n, "hm": hm(b, n), "accuracy": acc}}, f)
+
+
+def run_tool(*args):
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=60)
+
+
+def test_parse_results_open_world_table_csv_and_missing_seed(tmp_path):
+    write_tree(str(tmp_path))
+    p = run_tool(os.path.join(TOOLS, "parse_results.py"), str(tmp_path), "--protocol", "open_world")
+    assert p.returncode == 0, p.stderr
+    out = p.stdout
+    # complete cell: CoOp on eurosat, HM mean ± population std over the 3 seeds, computed here
+    hms = [hm(*OW[("CoOp", "eurosat", s)][:2]) for s in (1, 2, 3)]
+    assert f"{np.mean(hms):.2f} ± {np.std(hms):.2f}" in out
+    accs = [OW[("CoOp", "dtd", s)][2] for s in (1, 2, 3)]
+    assert f"{np.mean(accs):.2f} ± {np.std(accs):.2f}" in out
+    # the missing seed is named, not averaged over
+    assert "BMIP/dtd/seed3" in out
+    rows = list(csv.DictReader(open(tmp_path / "results_open_world.csv")))
+    assert rows, "CSV is empty"
+    row = next(r for r in rows if r["method"] == "CoOp" and r["dataset"] == "eurosat" and r["metric"] == "hm")
+    assert float(row["mean"]) == pytest.approx(np.mean(hms), abs=1e-2)
+    assert float(row["std"]) == pytest.approx(np.std(hms), abs=1e-2)
+
+
+def test_plot_results_writes_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    write_tree(str(tmp_path))
+    png = tmp_path / "ow.png"
+    p = run_tool(os.path.join(TOOLS, "plot_results.py"), str(tmp_path), "--out", str(png), "--allow-missing")
+    assert p.returncode == 0, p.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
