@@ -63,3 +63,44 @@ def test_plot_results_writes_png(tmp_path):
     p = run_tool(os.path.join(TOOLS, "plot_results.py"), str(tmp_path), "--out", str(png), "--allow-missing")
     assert p.returncode == 0, p.stderr
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_sweep_end_to_end_skip_and_resume(tmp_path):
+    """base2new sweep of 2 datasets x 2 seeds with the tiny backbone, the table over it, then a second invocation
+    skips every finished run, and an interrupted training (checkpoint, no metrics.json) is resumed."""
+    data, out = tmp_path / "data", tmp_path / "out"
+    p = run_tool(os.path.join(TOOLS, "make_fixture_data.py"), "--root", str(data), "--dataset", "dtd", "eurosat")
+    assert p.returncode == 0, p.stderr
+    env = dict(os.environ, OMP_NUM_THREADS="1", B2N_EVAL="all")  # only the single pass over all classes
+    sweep = [sys.executable, os.path.join(TOOLS, "sweep.py"), "--protocol", "base2new", "--trainers", "CoOp",
+             "--datasets", "dtd", "eurosat", "--seeds", "1", "2", "--shots", "2", "--root", str(data),
+             "--output", str(out), "--cpu", "MODEL.BACKBONE.NAME", "vlprompt-tiny", "DATALOADER.NUM_WORKERS", "0",
+             "OPTIM.MAX_EPOCH", "1"]
+    p = subprocess.run(sweep, capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+    metrics = sorted(out.glob("base2new/*/*/shots_2/CoOp/*/seed*/metrics.json"))
+    assert len(metrics) == 8  # train_base + test_all for 2 datasets x 2 seeds
+    # the table's cells equal mean ± std of the test_all files
+    p = run_tool(os.path.join(TOOLS, "parse_results.py"), str(out), "--protocol", "open_world", "--seeds", "1", "2")
+    assert p.returncode == 0, p.stderr
+    accs = [json.load(open(out / f"base2new/test_all/dtd/shots_2/CoOp/vit_b16_ep50_ctxv1/seed{s}/metrics.json"))
+            ["open_world"]["accuracy"] for s in (1, 2)]
+    assert f"{np.mean(accs):.2f} ± {np.std(accs):.2f}" in p.stdout
+    assert "missing" not in p.stdout
+    # second invocation: everything is skipped, nothing rewritten
+    mtimes = {m: m.stat().st_mtime_ns for m in metrics}
+    p = subprocess.run(sweep, capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+    logs = "".join(f.read_text() for f in (out / "sweep_logs").glob("*.log"))
+    assert logs.count("skip: results exist") >= 8
+    assert {m: m.stat().st_mtime_ns for m in metrics} == mtimes
+    # an interrupted training: its checkpoint is kept, its results are not
+    train = out / "base2new/train_base/dtd/shots_2/CoOp/vit_b16_ep50_ctxv1/seed1"
+    acc = json.load(open(train / "metrics.json"))["accuracy"]
+    (train / "metrics.json").unlink()
+    p = subprocess.run(sweep[:-6] + ["--seeds", "1", "--datasets", "dtd"] + sweep[-6:], capture_output=True,
+                       text=True, env=env, timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+    logs = "".join(f.read_text() for f in (out / "sweep_logs").glob("*dtd*seed1*.log"))
+    assert "resume:" in logs
+    assert json.load(open(train / "metrics.json"))["accuracy"] == pytest.approx(acc)
