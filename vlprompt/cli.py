@@ -10,6 +10,7 @@ import sys
 import torch
 
 from vlprompt.config import ConfigError, ConfigTypeError, get_cfg_default, merge_from_file, merge_from_list
+from vlprompt.engine import distributed as dist_utils
 from vlprompt.utils.logger import close_logger, collect_versions, setup_logger, write_json_atomic
 from vlprompt.utils.registry import RegistryError
 from vlprompt.utils.seed import set_random_seed
@@ -93,8 +94,19 @@ def run(args) -> int:
         raise FileExistsError(
             f"{cfg.OUTPUT_DIR} already holds results of another run ({earlier[0]}); nothing was changed. "
             f"Pass --resume {cfg.OUTPUT_DIR} to continue that run, or choose another --output-dir.")
-    setup_logger(cfg.OUTPUT_DIR)
+    # torchrun: join the process group; only the first process logs and writes files
+    distributed = dist_utils.init_from_env(cfg.DEVICE, cfg.USE_CUDA)
+    main_process = dist_utils.is_main_process()
+    dist_utils.barrier()  # every process checked OUTPUT_DIR before any writes to it
+    quiet = None
+    if main_process:
+        setup_logger(cfg.OUTPUT_DIR)
+    else:
+        quiet, sys.stdout = sys.stdout, open(os.devnull, "w")
     try:
+        if distributed:
+            print(f"Distributed run: {dist_utils.get_world_size()} processes "
+                  f"({torch.distributed.get_backend()} backend)")
         if cfg.SEED >= 0:
             print(f"Setting fixed seed: {cfg.SEED}")
             set_random_seed(cfg.SEED)
@@ -107,7 +119,7 @@ def run(args) -> int:
         print("************\n** Config **\n************")
         print(cfg.dump())
         print("Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
-        if cfg.OUTPUT_DIR:
+        if cfg.OUTPUT_DIR and main_process:
             os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
             with open(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), "w") as f:
                 f.write(cfg.dump())
@@ -122,6 +134,11 @@ def run(args) -> int:
         return 0
     finally:
         close_logger()
+        if quiet is not None:
+            sys.stdout.close()
+            sys.stdout = quiet
+        if distributed:
+            dist_utils.cleanup()
 
 
 def main(argv=None) -> int:

@@ -87,6 +87,17 @@ _C.DATALOADER.K_TRANSFORMS = 1
 _C.DATALOADER.RETURN_IMG0 = False
 # vlprompt: skip images that fail to decode (with a warning) instead of stopping
 _C.DATALOADER.SKIP_BROKEN_IMAGES = False
+# vlprompt: keep the decoded training images in memory (decoded once, before the first epoch), so later
+# epochs do no image decoding; the few-shot training sets are small
+_C.DATALOADER.CACHE_TRAIN_IMAGES = True
+# vlprompt: > 0: the cached training images are downscaled to at most this shorter side (keep it above
+# INPUT.SIZE so random crops keep their quality); 0: kept at full size (pixels identical to no cache)
+_C.DATALOADER.CACHE_MAX_SIDE = 0
+# vlprompt: memory budget of that cache in MB (0: none); images beyond it are read from disk every epoch
+_C.DATALOADER.CACHE_MAX_MB = 8192
+# vlprompt: a folder caching the test-time Resize + CenterCrop output of val/test images on disk, shared by
+# runs and methods; keyed by dataset, split, transform and file path + mtime + size ("": no cache)
+_C.DATALOADER.TEST_CACHE_DIR = ""
 _C.DATALOADER.TRAIN_X = CN()
 _C.DATALOADER.TRAIN_X.SAMPLER = "RandomSampler"
 _C.DATALOADER.TRAIN_X.BATCH_SIZE = 32
@@ -177,6 +188,9 @@ _C.TRAIN.COUNT_ITER = "train_x"
 # BMIP's keys: stop when validation accuracy has not improved for PATIENT_COUNT evaluations
 _C.TRAIN.EARLY_STOPPING = False
 _C.TRAIN.PATIENT_COUNT = 0
+# vlprompt, under torchrun: DistributedDataParallel's find_unused_parameters, for a method whose loss does
+# not reach every trainable parameter in every step (DDP stops with an error naming this option otherwise)
+_C.TRAIN.DDP_FIND_UNUSED_PARAMETERS = False
 
 ###########################
 # Test

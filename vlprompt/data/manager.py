@@ -9,7 +9,9 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampl
 from torch.utils.data.dataloader import default_collate
 
 from vlprompt.datasets import build_dataset
+from vlprompt.engine import distributed as dist_utils
 
+from .cache import TestPreprocessCache, TrainImageCache, split_cacheable_prefix
 from .transforms import INTERPOLATION_MODES, build_transform
 
 __all__ = ["BrokenImageError", "read_image", "DatasetWrapper", "build_data_loader", "DataManager"]
@@ -48,6 +50,8 @@ class DatasetWrapper(Dataset):
         self.return_img0 = cfg.DATALOADER.RETURN_IMG0
         self.skip_broken = cfg.DATALOADER.SKIP_BROKEN_IMAGES
         self._num_skipped = multiprocessing.Value("l", 0)
+        self.memory_cache = None  # TrainImageCache (training set in memory), see enable_memory_cache()
+        self.disk_cache = None  # (TestPreprocessCache, rest of the transform), see enable_disk_cache()
         if self.k_tfm > 1 and transform is None:
             raise ValueError(f"Cannot augment the image {self.k_tfm} times because transform is None")
 
@@ -66,11 +70,34 @@ class DatasetWrapper(Dataset):
     def __len__(self):
         return len(self.data_source)
 
+    def enable_memory_cache(self, max_side=0, max_mb=0, threads=1):
+        """Keep the decoded images in memory (filled by preload(), before the first epoch)."""
+        self.memory_cache = TrainImageCache(max_side, max_mb, threads)
+
+    def enable_disk_cache(self, root, dataset, split):
+        """Cache the Resize/CenterCrop head of a single (test) transform on disk under root."""
+        prefix, rest = split_cacheable_prefix(self.transform)
+        if prefix is None or isinstance(self.transform, (list, tuple)) or self.return_img0:
+            print(f"DATALOADER.TEST_CACHE_DIR: the {split} transform does not start with Resize/CenterCrop; "
+                  f"not cached")
+            return
+        self.disk_cache = (TestPreprocessCache(root, dataset, split, prefix), rest)
+
+    def preload(self):
+        if self.memory_cache is not None:
+            self.memory_cache.load([item.impath for item in self.data_source], read_image)
+
     def __getitem__(self, idx):
         item = self.data_source[idx]
         output = {"label": item.label, "domain": item.domain, "impath": item.impath, "index": idx}
         try:
-            img0 = read_image(item.impath)
+            if self.disk_cache is not None:
+                cache, rest = self.disk_cache
+                output["img"] = rest(cache.get(item.impath, read_image))
+                return output
+            img0 = self.memory_cache.get(idx) if self.memory_cache is not None else None
+            if img0 is None:
+                img0 = read_image(item.impath)
         except BrokenImageError as e:
             if not self.skip_broken:
                 raise
@@ -101,21 +128,53 @@ def collate_skipping_broken(batch):
     return default_collate(batch) if batch else None
 
 
+class _Loader(DataLoader):
+    """A DataLoader that fills its dataset's memory cache before the first iteration (and so before worker
+    processes start) and forwards set_epoch() to a distributed sampler."""
+
+    def __iter__(self):
+        preload = getattr(self.dataset, "preload", None)
+        if preload is not None:
+            preload()
+        return super().__iter__()
+
+    def set_epoch(self, epoch):
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+
 def build_data_loader(cfg, sampler_type="SequentialSampler", data_source=None, batch_size=64, n_domain=0,
                       n_ins=2, tfm=None, is_train=True, dataset_wrapper=None):
     """A DataLoader as Dassl builds it. ``n_domain``/``n_ins`` belong to Dassl's domain/class samplers,
-    which the CLIP configs do not use; they are accepted for signature compatibility."""
+    which the CLIP configs do not use; they are accepted for signature compatibility.
+
+    Under torchrun (several processes) the sampler is a DistributedSampler: in training `batch_size` is the
+    global batch, each process loads batch_size / world_size of it; evaluation shards the set with the same
+    per-process batch (the trainer gathers the predictions)."""
     if sampler_type not in SAMPLERS:
         raise ValueError(f"Unknown sampler type {sampler_type!r}; supported: {', '.join(SAMPLERS)}")
     wrapper = (dataset_wrapper or DatasetWrapper)(cfg, data_source, transform=tfm, is_train=is_train)
-    loader = DataLoader(
+    # Dassl drops the last partial batch in training only if at least one full batch exists
+    drop_last = is_train and len(data_source) >= batch_size
+    if dist_utils.is_distributed():
+        shuffle = sampler_type == "RandomSampler"
+        sampler = dist_utils.DistributedSampler(data_source, shuffle=shuffle, seed=max(cfg.SEED, 0),
+                                                drop_last=drop_last)
+        if is_train:
+            batch_size = dist_utils.per_rank_batch_size(batch_size)
+    else:
+        sampler = SAMPLERS[sampler_type](data_source)
+    workers = cfg.DATALOADER.NUM_WORKERS
+    if is_train and cfg.DATALOADER.CACHE_TRAIN_IMAGES and isinstance(wrapper, DatasetWrapper):
+        wrapper.enable_memory_cache(cfg.DATALOADER.CACHE_MAX_SIDE, cfg.DATALOADER.CACHE_MAX_MB, max(workers, 1))
+    loader = _Loader(
         wrapper,
         batch_size=batch_size,
-        sampler=SAMPLERS[sampler_type](data_source),
-        num_workers=cfg.DATALOADER.NUM_WORKERS,
-        # Dassl drops the last partial batch in training only if at least one full batch exists
-        drop_last=is_train and len(data_source) >= batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        drop_last=drop_last,
         pin_memory=torch.cuda.is_available() and cfg.USE_CUDA,
+        persistent_workers=workers > 0,
         collate_fn=collate_skipping_broken if cfg.DATALOADER.SKIP_BROKEN_IMAGES else None,
     )
     if len(loader) == 0:
@@ -128,7 +187,13 @@ class DataManager:
 
     def __init__(self, cfg, custom_tfm_train=None, custom_tfm_test=None, dataset_wrapper=None):
         self.cfg = cfg
+        # Under torchrun the first process builds the dataset first: readers write split / few-shot files and
+        # generated datasets their images, which the other processes then only read.
+        if not dist_utils.is_main_process():
+            dist_utils.barrier()
         dataset = build_dataset(cfg)
+        if dist_utils.is_main_process():
+            dist_utils.barrier()
 
         if custom_tfm_train is None:
             tfm_train = build_transform(cfg, is_train=True)
@@ -164,6 +229,10 @@ class DataManager:
             cfg, sampler_type=loaders.TEST.SAMPLER, data_source=dataset.test, batch_size=loaders.TEST.BATCH_SIZE,
             tfm=tfm_test, is_train=False, dataset_wrapper=dataset_wrapper,
         )
+        if loaders.TEST_CACHE_DIR:
+            for split, loader in (("val", self.val_loader), ("test", self.test_loader)):
+                if loader is not None and isinstance(loader.dataset, DatasetWrapper):
+                    loader.dataset.enable_disk_cache(loaders.TEST_CACHE_DIR, cfg.DATASET.NAME, split)
 
         self.dataset = dataset
         self.num_classes = dataset.num_classes

@@ -38,6 +38,24 @@ class ClassificationEvaluator:
             self._pred_base.append(logits[:, :m].argmax(dim=1).cpu())
             self._pred_new.append(logits[:, m:].argmax(dim=1).cpu() + m)
 
+    _FIELDS = ("_pred", "_label", "_pred_base", "_pred_new")
+
+    def state(self) -> dict:
+        """The per-sample records so far (to gather them from several processes)."""
+        out = {f: torch.cat(getattr(self, f)) if getattr(self, f) else None for f in self._FIELDS}
+        out["num_classes"] = self.num_classes
+        return out
+
+    def load_state(self, states, select=None) -> None:
+        """Replace the records by the concatenation of `states` (from state()), keeping rows `select`."""
+        self.reset()
+        self.num_classes = max((s["num_classes"] for s in states), default=0)
+        for f in self._FIELDS:
+            parts = [s[f] for s in states if s[f] is not None]
+            if parts:
+                joined = torch.cat(parts)
+                getattr(self, f).append(joined if select is None else joined[select])
+
     def base_new_results(self):
         """Base-to-new and open-world accuracies (percent), or None when not measurable."""
         if not self._pred_base:

@@ -9,6 +9,7 @@ import time
 from collections import OrderedDict, defaultdict
 
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from vlprompt.data import DataManager
@@ -16,6 +17,7 @@ from vlprompt.utils.logger import write_json_atomic
 from vlprompt.utils.registry import Registry
 
 from . import checkpoint as ckpt
+from . import distributed as dist_utils
 from .evaluator import ClassificationEvaluator
 
 TRAINER_REGISTRY = Registry("trainer")
@@ -25,9 +27,11 @@ def resolve_device(name: str, use_cuda: bool = True) -> torch.device:
     """'auto' -> cuda when available (and USE_CUDA), else cpu; 'cpu', 'cuda', 'cuda:N' as given."""
     name = (name or "auto").lower()
     if name == "auto":
-        return torch.device("cuda" if use_cuda and torch.cuda.is_available() else "cpu")
+        name = "cuda" if use_cuda and torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"DEVICE {name} was asked for but CUDA is not available; use DEVICE cpu or auto")
+    if name == "cuda" and dist_utils.is_distributed():
+        return torch.device("cuda", dist_utils.local_rank())  # torchrun: one GPU per process
     return torch.device(name)
 
 
@@ -84,8 +88,24 @@ class _Meter:
         return self.sum / max(self.count, 1)
 
 
+class _TrainStep(nn.Module):
+    """What DistributedDataParallel wraps: only the trainable modules (their gradients are averaged over the
+    processes; the frozen CLIP is not part of it and never synchronised). Its forward runs the trainer's
+    model_loss(), which reaches the same parameters through the full model."""
+
+    def __init__(self, trainer, modules):
+        super().__init__()
+        self.trainable = nn.ModuleDict(modules)
+        self.__dict__["_trainer"] = trainer  # not a submodule
+
+    def forward(self, *args):
+        return self._trainer.model_loss(*args)
+
+
 class TrainerBase:
-    """Subclasses implement build_model() (calling register_model) and forward_backward(batch)."""
+    """Subclasses implement build_model() (calling register_model) and forward_backward(batch); a subclass
+    whose forward_backward computes its loss through train_forward() (as CLIPPromptTrainer does with
+    model_loss) trains with DistributedDataParallel under torchrun."""
 
     def __init__(self, cfg):
         self.cfg = cfg
@@ -105,12 +125,34 @@ class TrainerBase:
         self.num_classes = self.dm.num_classes
         self.lab2cname = self.dm.lab2cname
         self.build_model()
+        self._ddp = self._wrap_distributed()
         self.evaluator = ClassificationEvaluator(self.lab2cname, per_class=cfg.TEST.PER_CLASS_RESULT,
                                                  base_new=cfg.DATASET.SUBSAMPLE_CLASSES == "all")
 
     # ---- models -------------------------------------------------------------------------------------
     def build_model(self):
         raise NotImplementedError
+
+    def _wrap_distributed(self):
+        """DistributedDataParallel over the registered trainable modules, when running under torchrun."""
+        if not dist_utils.is_distributed():
+            return None
+        modules = {name: m for name, m in self._models.items()
+                   if self._optims[name] is not None and any(p.requires_grad for p in m.parameters())}
+        if not modules:
+            return None
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        print(f"DistributedDataParallel over {', '.join(modules)} on {dist_utils.get_world_size()} processes "
+              f"(per-process batch {self.cfg.DATALOADER.TRAIN_X.BATCH_SIZE // dist_utils.get_world_size()})")
+        return nn.parallel.DistributedDataParallel(
+            _TrainStep(self, modules), device_ids=device_ids, broadcast_buffers=False,
+            find_unused_parameters=self.cfg.TRAIN.DDP_FIND_UNUSED_PARAMETERS)
+
+    def train_forward(self, *args):
+        """model_loss(*args), through DistributedDataParallel when several processes train."""
+        if self._ddp is not None:
+            return self._ddp(*args)
+        return self.model_loss(*args)
 
     def register_model(self, name, module, optim=None, sched=None):
         self._models[name], self._optims[name], self._scheds[name] = module, optim, sched
@@ -154,6 +196,12 @@ class TrainerBase:
 
     # ---- checkpoints ---------------------------------------------------------------------------------
     def save_model(self, epoch, directory, val_result=None, model_name=""):
+        """Written by the first process only (all hold the same weights); the others wait for the files."""
+        if dist_utils.is_main_process():
+            self._save_model(epoch, directory, val_result, model_name)
+        dist_utils.barrier()
+
+    def _save_model(self, epoch, directory, val_result=None, model_name=""):
         for name in self.get_model_names():
             optim, sched = self._optims[name], self._scheds[name]
             state = {
@@ -230,9 +278,10 @@ class TrainerBase:
     def before_train(self):
         if self.cfg.RESUME:
             self.start_epoch = self.resume_model_if_exist(self.cfg.RESUME)
-        from torch.utils.tensorboard import SummaryWriter
+        if dist_utils.is_main_process():
+            from torch.utils.tensorboard import SummaryWriter
 
-        self._writer = SummaryWriter(log_dir=os.path.join(self.output_dir, "tensorboard"))
+            self._writer = SummaryWriter(log_dir=os.path.join(self.output_dir, "tensorboard"))
         self.time_start = time.time()
 
     def run_epoch(self):
@@ -241,8 +290,10 @@ class TrainerBase:
         batch_time, data_time = _Meter(), _Meter()
         self.num_batches = len(self.train_loader_x)
         print_freq = self.cfg.TRAIN.PRINT_FREQ
+        if hasattr(self.train_loader_x, "set_epoch"):
+            self.train_loader_x.set_epoch(self.epoch)  # a new shuffle per epoch with a distributed sampler
         bar = tqdm(self.train_loader_x, desc=f"epoch {self.epoch + 1}/{self.max_epoch}", leave=False,
-                   disable=None, dynamic_ncols=True)
+                   disable=None if dist_utils.is_main_process() else True, dynamic_ncols=True)
         end = time.time()
         for self.batch_idx, batch in enumerate(bar):
             data_time.update(time.time() - end)
@@ -252,6 +303,11 @@ class TrainerBase:
                     self.update_lr()
                 continue
             summary = self.forward_backward(batch)
+            if dist_utils.is_distributed():  # log the mean over the processes: the global batch's loss
+                values = torch.tensor([float(v) for v in summary.values()], dtype=torch.float64,
+                                      device=self.device)
+                torch.distributed.all_reduce(values)
+                summary = dict(zip(summary, (values / dist_utils.get_world_size()).tolist()))
             if last_batch:
                 self.update_lr()  # Dassl steps the schedule after the last batch of each epoch
             batch_time.update(time.time() - end)
@@ -320,8 +376,14 @@ class TrainerBase:
         raise NotImplementedError
 
     def check_finite(self, loss):
-        """Stop before a NaN/inf loss updates anything; the checkpoints written so far stay as they are."""
-        if not torch.isfinite(loss).all():
+        """Stop before a NaN/inf loss updates anything; the checkpoints written so far stay as they are.
+        With several processes, a non-finite loss on any of them stops all of them."""
+        bad = not torch.isfinite(loss).all()
+        if dist_utils.is_distributed():
+            flag = torch.tensor([float(bad)], device=loss.device)
+            torch.distributed.all_reduce(flag)
+            bad = flag.item() > 0
+        if bad:
             step = self.epoch * self.num_batches + self.batch_idx + 1
             raise FloatingPointError(
                 f"Loss is {loss.item()} at epoch {self.epoch + 1}, batch {self.batch_idx + 1} (step {step}) with "
@@ -349,22 +411,27 @@ class TrainerBase:
         print(f"Evaluate on the *{split}* set")
         keep = split != "val" and (self.cfg.TEST.SAVE_LOGITS or self.cfg.TEST.SAVE_PREDICTIONS)
         kept = {"logits": [], "label": [], "impath": []}
+        indices = []
         state = self.inference_state()
-        for batch in tqdm(loader, desc=f"eval {split}", leave=False, disable=None, dynamic_ncols=True):
+        for batch in tqdm(loader, desc=f"eval {split}", leave=False, dynamic_ncols=True,
+                          disable=None if dist_utils.is_main_process() else True):
             if batch is None:
                 continue
             images, labels = self.parse_batch(batch)
             logits = self.model_inference(images, state).float()
             self.evaluator.process(logits, labels)
+            indices.append(torch.as_tensor(batch["index"]).view(-1))
             if keep:
                 kept["logits"].append(logits.cpu())
                 kept["label"].append(labels.cpu())
                 kept["impath"].extend(batch["impath"])
+        if dist_utils.is_distributed():
+            kept = self._gather_evaluation(indices, kept, keep)
         self._report_skipped()
-        results = self.evaluator.evaluate()
+        results = self.evaluator.evaluate(verbose=dist_utils.is_main_process())
         for k, v in results.items():
             self.write_scalar(f"{split}/{k}", v, self.epoch)
-        if self.output_dir:
+        if self.output_dir and dist_utils.is_main_process():
             os.makedirs(self.output_dir, exist_ok=True)
             self._write_metrics(split, results)
             if keep:
@@ -377,6 +444,26 @@ class TrainerBase:
                 if self.cfg.TEST.SAVE_PREDICTIONS:
                     self._write_predictions(kept)
         return list(results.values())[0]
+
+    def _gather_evaluation(self, indices, kept, keep):
+        """Every process's per-sample predictions (and kept logits), in dataset order with the duplicates that
+        the distributed sampler pads with removed: the metrics are those of one process on the whole set."""
+        local = {"index": torch.cat(indices) if indices else torch.zeros(0, dtype=torch.long),
+                 "eval": self.evaluator.state(), "kept": kept if keep else None}
+        parts = dist_utils.all_gather_object(local)
+        index = torch.cat([p["index"] for p in parts])
+        order = torch.argsort(index, stable=True)
+        first = torch.ones(len(order), dtype=torch.bool)
+        first[1:] = index[order][1:] != index[order][:-1]
+        select = order[first]
+        self.evaluator.load_state([p["eval"] for p in parts], select)
+        if not keep:
+            return kept
+        impaths = [path for p in parts for path in p["kept"]["impath"]]
+        return {"impath": [impaths[i] for i in select.tolist()],
+                "label": [torch.cat([torch.cat(p["kept"]["label"]) for p in parts if p["kept"]["label"]])[select]],
+                "logits": [torch.cat([torch.cat(p["kept"]["logits"]) for p in parts
+                                      if p["kept"]["logits"]])[select]]}
 
     def _write_metrics(self, split, results):
         ev = self.evaluator

@@ -154,7 +154,7 @@ class CLIPPromptTrainer(TrainerBase):
     def forward_backward(self, batch):
         images, labels = self.parse_batch(batch)
         with self.precision.autocast():
-            logits, loss = self.model_loss(images, labels)
+            logits, loss = self.train_forward(images, labels)  # model_loss, through DDP under torchrun
         self.check_finite(loss)
         self.precision.backward_and_step(loss, self._optims[self.checkpoint_name])
         acc = (logits.argmax(dim=1) == labels).float().mean().item() * 100.0
