@@ -8,12 +8,8 @@
 #
 # Configs: BMIP's own scripts' (CoOp vit_b16_ep100 as BMIP's scripts/coop/main.sh; CoCoOp, MaPLe, BMIP their
 # official base-to-new configs). Output: $OUTPUT (default output/)/base2new/. See docs/protocols.md.
-set -euo pipefail
-# $DATA and $OUTPUT relative to the caller's folder (as scripts/<protocol>.sh), before moving to the repository root
-[ -n "${DATA:-}" ] && export DATA="$(realpath -m "$DATA")"
-export OUTPUT="$(realpath -m "${OUTPUT:-output}")"
-cd "$(dirname "${BASH_SOURCE[0]}")/../.."
-"${PYTHON:-python}" tools/sweep.py --protocol base2new --trainers CoOp CoCoOp MaPLe BMIP --seeds 1 2 3 \
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+"$PYTHON" tools/sweep.py --protocol base2new --trainers CoOp CoCoOp MaPLe BMIP --seeds 1 2 3 \
     --config CoOp=vit_b16_ep100 CoCoOp=vit_b16_c4_ep10_batch1_ctxv1 MaPLe=vit_b16_c2_ep5_batch4_2ctx \
     BMIP=BMIP_ctx2_dp9_lr2 \
     --table open_world base2new "$@"

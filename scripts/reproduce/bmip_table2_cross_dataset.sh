@@ -8,12 +8,7 @@
 # MaPLe vit_b16_c2_ep5_batch4_2ctx_cross_datasets (official); BMIP BMIP_ctx2_dp9_lr2: the BMIP repository does
 # not publish the cross-dataset config it used, so this is our choice (pass --config BMIP=... to change it).
 # The ImageNet runs are shared with bmip_table3_domain_generalization.sh. See docs/protocols.md.
-set -euo pipefail
-# $DATA and $OUTPUT relative to the caller's folder (as scripts/<protocol>.sh), before moving to the repository root
-[ -n "${DATA:-}" ] && export DATA="$(realpath -m "$DATA")"
-export OUTPUT="$(realpath -m "${OUTPUT:-output}")"
-cd "$(dirname "${BASH_SOURCE[0]}")/../.."
-"${PYTHON:-python}" tools/sweep.py --protocol cross_dataset --trainers CoOp CoCoOp MaPLe BMIP --seeds 1 2 3 \
-    --config CoOp=vit_b16_ep50_ctxv1 CoCoOp=vit_b16_c4_ep10_batch1_ctxv1 \
-    MaPLe=vit_b16_c2_ep5_batch4_2ctx_cross_datasets BMIP=BMIP_ctx2_dp9_lr2 \
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+"$PYTHON" tools/sweep.py --protocol cross_dataset --trainers CoOp CoCoOp MaPLe BMIP --seeds 1 2 3 \
+    --config "${BMIP_IMAGENET_CONFIGS[@]}" \
     --table cross_dataset "$@"

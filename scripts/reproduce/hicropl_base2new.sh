@@ -8,11 +8,7 @@
 #
 # The other methods of the comparison: scripts/reproduce/bmip_table1_open_world.sh (same folders; the table
 # then lists every method found: python tools/parse_results.py output --protocol base2new). See docs/protocols.md.
-set -euo pipefail
-# $DATA and $OUTPUT relative to the caller's folder (as scripts/<protocol>.sh), before moving to the repository root
-[ -n "${DATA:-}" ] && export DATA="$(realpath -m "$DATA")"
-export OUTPUT="$(realpath -m "${OUTPUT:-output}")"
-cd "$(dirname "${BASH_SOURCE[0]}")/../.."
-"${PYTHON:-python}" tools/sweep.py --protocol base2new --trainers HiCroPL --seeds 1 2 3 \
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+"$PYTHON" tools/sweep.py --protocol base2new --trainers HiCroPL --seeds 1 2 3 \
     --config HiCroPL=vit_b16_c2_ep50_batch32_16ctx HiCroPL@imagenet=vit_b16_c2_ep40_batch128_16ctx \
     --table base2new open_world "$@"
