@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from open_clip.transformer import QuickGELU
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 from torch import nn
 
@@ -87,11 +88,6 @@ def add_hicropl_config(cfg):
     cfg.TRAINER.HICROPL.MAPPER_MODE = "differentiable"  # differentiable | official (see the trainer's docstring)
 
 
-class QuickGELU(nn.Module):
-    def forward(self, x):
-        return x * torch.sigmoid(1.702 * x)
-
-
 class KnowledgeProxy(nn.Module):
     """LKP: attention pooling of one query token over a layer's prompts (the official AttentionPooling)."""
 
@@ -135,7 +131,7 @@ class KnowledgeMapper(nn.Module):
 
 def _repeated(first: torch.Tensor, count: int) -> nn.ParameterList:
     """`count` parameters starting from the same values: the official code wraps ONE tensor `count` times
-    (which shares storage on CPU but not after .cuda()); here they are independent copies."""
+    (shared storage on a CPU, separate copies once moved to a GPU); here they are independent copies."""
     return nn.ParameterList(nn.Parameter(first.clone()) for _ in range(count))
 
 
