@@ -54,6 +54,17 @@ def test_parse_results_open_world_table_csv_and_missing_seed(tmp_path):
     row = next(r for r in rows if r["method"] == "CoOp" and r["dataset"] == "eurosat" and r["metric"] == "hm")
     assert float(row["mean"]) == pytest.approx(np.mean(hms), abs=1e-2)
     assert float(row["std"]) == pytest.approx(np.std(hms), abs=1e-2)
+    # the transposed layout: CoOp's row holds the same cells, eurosat's HM among them
+    p = run_tool(os.path.join(TOOLS, "parse_results.py"), str(tmp_path), "--protocol", "open_world", "--no-write",
+                 "--methods-as-rows", "--datasets", "dtd", "eurosat")
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    head = next(line for line in lines if line.startswith("| method"))
+    coop = next(line for line in lines if line.startswith("| CoOp |"))
+    cells = dict(zip(head.strip("|").split("|"), coop.strip("|").split("|")))
+    assert cells[" eurosat HM "].strip() == f"{np.mean(hms):.2f} ± {np.std(hms):.2f}"
+    assert cells[" dtd Acc "].strip() == f"{np.mean(accs):.2f} ± {np.std(accs):.2f}"
+    assert " Average HM " in cells and "BMIP/dtd/seed3" in p.stdout
 
 
 def test_plot_results_writes_png(tmp_path):

@@ -224,6 +224,16 @@ def test_zero_shot_is_well_above_chance_on_base_and_new(zero_shot):
     assert zero_shot["base"] < 80 and zero_shot["new"] < 80  # and leaves prompt learning room
 
 
+def table_rows(markdown):
+    """{method: [means]} of a --methods-as-rows table ("| CoOp | 64.3 ± 0.5 | ... |")."""
+    rows = {}
+    for line in markdown.splitlines():
+        if line.startswith("| ") and not line.startswith(("| method", "| ---")):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            rows[cells[0]] = [float(c.split("±")[0]) for c in cells[1:]]
+    return rows
+
+
 def test_coop_16_shots_beats_zero_shot_on_base(toy_root, toy_clip_file, zero_shot, tmp_path, one_thread):
     out = tmp_path / "coop"
     # the official config (SGD 0.002, 50 epochs, 4 context tokens from "a photo of a")
@@ -236,20 +246,30 @@ def test_coop_16_shots_beats_zero_shot_on_base(toy_root, toy_clip_file, zero_sho
     assert new > 3 * CHANCE
 
 
-def test_demo_prints_the_base_to_new_table(toy_root, toy_clip_file, tmp_path, monkeypatch, capsys, one_thread):
+def test_demo_prints_the_base_to_new_and_open_world_tables(toy_root, toy_clip_file, tmp_path, monkeypatch, capsys,
+                                                           one_thread):
     monkeypatch.setenv("VLPROMPT_TOY_CLIP", toy_clip_file)
     spec = importlib.util.spec_from_file_location("toy_demo", os.path.join(REPO, "tools/demo.py"))
     demo = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(demo)
-    args = ["--root", str(toy_root), "--output", str(tmp_path / "demo"), "--seeds", "1"]
+    output = tmp_path / "demo"
+    args = ["--root", str(toy_root), "--output", str(output), "--seeds", "1"]
     assert demo.main(args + ["--trainers", "ZeroshotCLIP", "CoOp", "HiCroPL"]) == 0
     out = capsys.readouterr().out
-    rows = {line.split("|")[1].strip(): [float(x) for x in line.split("|")[2:5]]
-            for line in out.splitlines() if line.startswith("| ") and not line.startswith(("| method", "| ---"))}
-    assert set(rows) >= {"ZeroshotCLIP", "CoOp"}
-    assert rows["CoOp"][0] > rows["ZeroshotCLIP"][0]
-    if "HiCroPL" not in rows:
-        assert "HiCroPL: not implemented" in out
+    b2n_text, ow_text = out.split("### Base-to-new")[1].split("### Open-world")
+    b2n, ow = table_rows(b2n_text), table_rows(ow_text)
+    assert set(b2n) == set(ow) == {"ZeroshotCLIP", "CoOp", "HiCroPL"}
+    assert b2n["CoOp"][0] > b2n["ZeroshotCLIP"][0]  # Base
+    assert ow["ZeroshotCLIP"][1] > 100 / 36  # open-world Acc above chance over all 36 classes
+    # the official folders: training on the base classes, one evaluation over all classes
+    coop = ("toy_shapes", "shots_16", "CoOp", "vit_b16_ep50_ctxv1", "seed1")
+    with open(output.joinpath("base2new", "test_all", *coop, "metrics.json")) as f:
+        metrics = json.load(f)
+    assert output.joinpath("base2new", "train_base", *coop, "metrics.json").is_file()
+    assert not output.joinpath("base2new", "train_base", "toy_shapes", "shots_16", "ZeroshotCLIP").exists()
+    assert b2n["CoOp"] == pytest.approx([metrics["base_to_new"][k] for k in ("base", "new", "hm")], abs=0.05)
+    assert ow["CoOp"] == pytest.approx([metrics["open_world"][k] for k in ("hm", "accuracy")], abs=0.05)
+    assert (output / "results_open_world.md").read_text().count("| CoOp |") == 1
     # a second call reuses the results
     assert demo.main(args + ["--trainers", "CoOp"]) == 0
     assert "reusing the earlier result" in capsys.readouterr().out

@@ -1,13 +1,16 @@
-"""The README's main job: base-to-new generalization on the toy world, on a CPU, in a few minutes.
+"""The README's main job: base-to-new and open-world generalization on the toy world, on a CPU, in minutes.
 
 1. Pretrains the toy CLIP (vlprompt-toy, tools/pretrain_toyclip.py) unless it is cached.
-2. For each method: trains on the 18 base classes of ToyShapes (16 shots each) with the method's official
-   config (ZeroshotCLIP only evaluates), evaluates the base classes, then the 18 new classes with the
-   official two-step flow (--eval-only --model-dir ... DATASET.SUBSAMPLE_CLASSES new).
-3. Prints the table: accuracy on base and new classes and their harmonic mean (HM).
+2. For each method and seed: trains on the 18 base classes of ToyShapes (16 shots each) with the method's
+   official config (ZeroshotCLIP trains nothing), then evaluates the trained weights once over the whole
+   test set with all 36 classes as candidates. That single evaluation gives the base-to-new numbers (base
+   samples among base classes, new samples among new classes) and BMIP's open-world numbers (all classes
+   as candidates), as scripts/base2new.sh with B2N_EVAL=all does.
+3. Prints both tables with tools/parse_results.py (also written to OUTPUT/results_<protocol>.md and .csv).
 
-Methods not implemented yet in this checkout are skipped with a note. Results already in --output are
-reused (delete the folder to run again). A toy world, not the papers' numbers: see docs/toyworld.md.
+The folders are the protocol scripts' (docs/protocols.md): OUTPUT/base2new/{train_base,test_all}/toy_shapes/
+shots_16/<trainer>/<config>/seed<s>. Results already there are reused (delete the folder to run again).
+A toy world, not the papers' numbers: see docs/toyworld.md.
 """
 import argparse
 import contextlib
@@ -20,42 +23,47 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TOOLS = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(TOOLS)
+sys.path.insert(0, REPO)
+sys.path.insert(0, TOOLS)
 
+import parse_results  # noqa: E402
+from sweep import BASE as OFFICIAL_CONFIGS  # noqa: E402  the base-to-new config of each trainer
 from vlprompt.cli import main as train  # noqa: E402
 from vlprompt.clip.load import toy_checkpoint_path  # noqa: E402
+from vlprompt.config import get_cfg_default, merge_from_file  # noqa: E402
 from vlprompt.engine.trainer import TRAINER_REGISTRY  # noqa: E402
 from vlprompt.toyworld import toy_opts  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DATASET_CFG = "configs/datasets/toy_shapes.yaml"
-# trainer -> (official config, options on top of it). Official hyperparameters, except what the toy CLIP
-# needs (vlprompt.toyworld.toy_opts: input size, transforms, deep-prompt depths) and a CPU-sized test batch.
-METHODS = {
-    "ZeroshotCLIP": ("configs/trainers/CoOp/vit_b16_ep50_ctxv1.yaml", []),
-    "CoOp": ("configs/trainers/CoOp/vit_b16_ep50_ctxv1.yaml", []),
-    "MaPLe": ("configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml", []),
-    "BMIP": ("configs/trainers/BMIP/BMIP_ctx2_dp9_lr2.yaml", []),
-    "HiCroPL": ("configs/trainers/HiCroPL/vit_b16_c2_ep50_batch32_16ctx.yaml", []),
-}
-COMMON_OPTS = ["DATASET.NUM_SHOTS", "16", "DATALOADER.NUM_WORKERS", "0", "DATALOADER.TEST.BATCH_SIZE", "200"]
+DATASET = "toy_shapes"
+SHOTS = 16
+METHODS = ["ZeroshotCLIP", "CoOp", "MaPLe", "BMIP", "HiCroPL"]
+# Official hyperparameters plus what the toy CLIP needs (vlprompt.toyworld.toy_opts: input size, transforms,
+# deep-prompt depths) and a CPU-sized test batch.
+COMMON_OPTS = ["DATASET.NUM_SHOTS", str(SHOTS), "DATALOADER.NUM_WORKERS", "0", "DATALOADER.TEST.BATCH_SIZE", "200"]
 
 
-def harmonic_mean(a, b):
-    return 2 * a * b / (a + b) if a + b > 0 else 0.0
+def config_file(trainer):
+    folder = "CoOp" if trainer.startswith("ZeroshotCLIP") else trainer  # as the official zeroshot.sh
+    return os.path.join(REPO, "configs", "trainers", folder, OFFICIAL_CONFIGS[trainer] + ".yaml")
 
 
-def read_yaml_key(path, section, key):
-    """A top-level `section: {key: value}` of a config file, as text (no merge needed)."""
-    from vlprompt.config import get_cfg_default, merge_from_file
+def run_dir(output, kind, trainer, seed):
+    return os.path.join(output, "base2new", kind, DATASET, f"shots_{SHOTS}", trainer, OFFICIAL_CONFIGS[trainer],
+                        f"seed{seed}")
 
+
+def checkpoint_flags(config):
+    """The checkpoint the official test scripts load: model-best with validation-based selection, else the
+    last epoch (--load-epoch MAX_EPOCH)."""
     cfg = get_cfg_default()
-    merge_from_file(cfg, path)
-    return cfg[section][key]
+    merge_from_file(cfg, config)
+    return [] if cfg.TEST.FINAL_MODEL == "best_val" else ["--load-epoch", str(cfg.OPTIM.MAX_EPOCH)]
 
 
 def run(flags, opts, out, verbose=False):
-    """One tools/train.py run into `out` (or its earlier result); returns the test accuracy. Its printout
+    """One tools/train.py run into `out`, unless its metrics.json exists; returns the metrics. Its printout
     goes to out/log.txt only (and the screen with verbose); the progress bars show."""
     metrics = os.path.join(out, "metrics.json")
     if os.path.isfile(metrics):
@@ -68,34 +76,31 @@ def run(flags, opts, out, verbose=False):
         if status != 0:
             raise SystemExit(f"the run failed; see {out}/log.txt")
     with open(metrics) as f:
-        return json.load(f)["accuracy"]
+        return json.load(f)
 
 
 def base_to_new(trainer, seed, args):
-    config, extra = METHODS[trainer]
-    config = os.path.join(REPO, config)
+    """Train on the base classes (not ZeroshotCLIP), then one evaluation over all classes."""
+    config = config_file(trainer)
     common = ["--root", args.root, "--seed", str(seed), "--trainer", trainer,
-              "--dataset-config-file", os.path.join(REPO, DATASET_CFG), "--config-file", config]
-    opts = toy_opts(trainer, config) + COMMON_OPTS + extra
-    base_dir = os.path.join(args.output, "train_base", trainer, f"seed{seed}")
-    new_dir = os.path.join(args.output, "test_new", trainer, f"seed{seed}")
-    trains = trainer != "ZeroshotCLIP"
-    start = time.time()
-    what = "training on and evaluating" if trains else "evaluating"
-    print(f"{trainer}, seed {seed}: {what} the base classes ...", end=" ", flush=True)
-    base = run(common + ([] if trains else ["--eval-only"]), opts + ["DATASET.SUBSAMPLE_CLASSES", "base"], base_dir,
-               args.verbose)
-    print(f"{base:.1f}% ({time.time() - start:.0f} s)")
+              "--dataset-config-file", os.path.join(REPO, "configs", "datasets", DATASET + ".yaml"),
+              "--config-file", config]
+    opts = toy_opts(trainer, config) + COMMON_OPTS
     load = []
-    if trains:
-        load = ["--model-dir", base_dir]
-        if read_yaml_key(config, "TEST", "FINAL_MODEL") != "best_val":  # the official scripts' --load-epoch
-            load += ["--load-epoch", str(read_yaml_key(config, "OPTIM", "MAX_EPOCH"))]
+    if trainer != "ZeroshotCLIP":
+        start = time.time()
+        print(f"{trainer}, seed {seed}: training on the base classes ...", end=" ", flush=True)
+        base_dir = run_dir(args.output, "train_base", trainer, seed)
+        run(common, opts + ["DATASET.SUBSAMPLE_CLASSES", "base"], base_dir, args.verbose)
+        print(f"({time.time() - start:.0f} s)")
+        load = ["--model-dir", base_dir] + checkpoint_flags(config)
     start = time.time()
-    print(f"{trainer}, seed {seed}: evaluating the new classes ...", end=" ", flush=True)
-    new = run(common + ["--eval-only"] + load, opts + ["DATASET.SUBSAMPLE_CLASSES", "new"], new_dir, args.verbose)
-    print(f"{new:.1f}% ({time.time() - start:.0f} s)")
-    return base, new
+    print(f"{trainer}, seed {seed}: evaluating all classes ...", end=" ", flush=True)
+    metrics = run(common + ["--eval-only"] + load, opts + ["DATASET.SUBSAMPLE_CLASSES", "all"],
+                  run_dir(args.output, "test_all", trainer, seed), args.verbose)
+    b2n, ow = metrics["base_to_new"], metrics["open_world"]
+    print(f"base {b2n['base']:.1f}, new {b2n['new']:.1f}; open world {ow['accuracy']:.1f} "
+          f"({time.time() - start:.0f} s)")
 
 
 def forget_results_of_another_clip(checkpoint, output):
@@ -107,10 +112,12 @@ def forget_results_of_another_clip(checkpoint, output):
         with open(stamp_file) as f:
             if json.load(f) == stamp:
                 return
-    for folder in ("train_base", "test_new"):
-        if os.path.isdir(os.path.join(output, folder)):
-            print(f"Removing {os.path.join(output, folder)}: made with another toy CLIP")
-            shutil.rmtree(os.path.join(output, folder))
+    for folder in ("base2new", "results_base2new.md", "results_base2new.csv", "results_open_world.md",
+                   "results_open_world.csv"):
+        path = os.path.join(output, folder)
+        if os.path.exists(path):
+            print(f"Removing {path}: made with another toy CLIP")
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
     os.makedirs(output, exist_ok=True)
     with open(stamp_file, "w") as f:
         json.dump(stamp, f)
@@ -120,8 +127,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", default=os.path.join(REPO, "output/toyworld/data"), help="where the datasets are written")
     p.add_argument("--output", default=os.path.join(REPO, "output/toyworld/demo"))
-    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="the table shows the mean over seeds")
-    p.add_argument("--trainers", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="the tables show mean +- std over seeds")
+    p.add_argument("--trainers", nargs="+", default=METHODS, choices=METHODS)
     p.add_argument("--verbose", action="store_true", help="show the runs' printout (always in their log.txt)")
     args = p.parse_args(argv)
     logging.getLogger().setLevel(logging.ERROR)
@@ -143,29 +150,17 @@ def main(argv=None):
     forget_results_of_another_clip(checkpoint, args.output)
     import vlprompt.trainers  # noqa: F401  registers every implemented trainer
 
-    rows, skipped = [], []
-    registered = set(TRAINER_REGISTRY.names())
+    missing = [t for t in args.trainers if t not in TRAINER_REGISTRY.names()]
+    if missing:
+        raise SystemExit(f"error: trainers not registered: {', '.join(missing)}")
     for trainer in args.trainers:
-        if trainer not in registered:
-            print(f"{trainer}: not implemented in this checkout yet, skipped")
-            skipped.append(trainer)
-            continue
-        seeds = args.seeds[:1] if trainer == "ZeroshotCLIP" else args.seeds  # nothing random in zero-shot
-        results = [base_to_new(trainer, seed, args) for seed in seeds]
-        base = sum(r[0] for r in results) / len(results)
-        new = sum(r[1] for r in results) / len(results)
-        rows.append((trainer, base, new, harmonic_mean(base, new)))
+        for seed in args.seeds:
+            base_to_new(trainer, seed, args)
 
-    seeds = ", ".join(map(str, args.seeds))
-    print(f"\nBase-to-new generalization on ToyShapes: toy CLIP, 16 shots, 18 base and 18 new classes (chance 5.6%), "
-          f"accuracy (%) averaged over seeds {seeds}; {time.time() - start:.0f} s")
-    print("| method | base | new | HM |")
-    print("| --- | --- | --- | --- |")
-    for trainer, base, new, hm in rows:
-        print(f"| {trainer} | {base:.1f} | {new:.1f} | {hm:.1f} |")
-    if skipped:
-        print(f"(not run, not implemented yet: {', '.join(skipped)})")
-    return 0
+    print(f"\nToyShapes: toy CLIP, 16 shots, 18 base and 18 new classes (chance: 5.6% within a half, 2.8% over "
+          f"all 36); {time.time() - start:.0f} s in all\n")
+    return parse_results.main([args.output, "--protocol", "base2new", "open_world", "--seeds", *map(str, args.seeds),
+                               "--methods", *args.trainers, "--decimals", "1", "--methods-as-rows"])
 
 
 if __name__ == "__main__":

@@ -305,9 +305,8 @@ def fmt(cell, allow_missing, decimals):
     return f"missing {len(vals)}/{len(cell.expected)}"
 
 
-def render(protocol, tables, rec, seeds, allow_missing, decimals):
+def render(protocol, tables, rec, seeds, allow_missing, decimals, methods_as_rows=False):
     lines = []
-    headers = METRICS[protocol]
     seeds_txt = " ".join(map(str, seeds))
     for t in tables:
         title = TITLES[protocol].format(source=rec.source or "imagenet")
@@ -318,22 +317,8 @@ def render(protocol, tables, rec, seeds, allow_missing, decimals):
             lines.append("(no results found)")
             lines.append("")
             continue
-        head = ["dataset"]
-        for col in t["columns"]:
-            name = col[0] if protocol != "few_shot" else f"{col[0]} {col[1]}-shot"
-            head += [f"{name} {h}" if len(headers) > 1 else name for _, h in headers]
-        lines.append("| " + " | ".join(head) + " |")
-        lines.append("| " + " | ".join(["---"] + ["---:"] * (len(head) - 1)) + " |")
-        starred = False
-        for label, cells in t["rows"].items():
-            shown = f"{label} (source)" if label == rec.source else label
-            row = [f"**{shown}**" if label == "Average" else shown]
-            for col in t["columns"]:
-                for key, _ in headers:
-                    text = fmt(cells[col][key], allow_missing, decimals)
-                    starred |= text.endswith("*")
-                    row.append(text)
-            lines.append("| " + " | ".join(row) + " |")
+        table, starred = (method_rows if methods_as_rows else dataset_rows)(protocol, t, rec, allow_missing, decimals)
+        lines += table
         lines.append("")
         for note in rec.notes:
             lines.append(note)
@@ -345,6 +330,53 @@ def render(protocol, tables, rec, seeds, allow_missing, decimals):
             lines += [f"- missing: {m}" for m in t["missing"]]
         lines.append("")
     return "\n".join(lines)
+
+
+def column_name(protocol, col):
+    return col[0] if protocol != "few_shot" else f"{col[0]} {col[1]}-shot"
+
+
+def dataset_rows(protocol, t, rec, allow_missing, decimals):
+    """The papers' layout: a dataset per row (and the Average), a (method, metric) per column.
+    Returns (Markdown lines, whether a cell is starred)."""
+    headers = METRICS[protocol]
+    head = ["dataset"]
+    for col in t["columns"]:
+        head += [f"{column_name(protocol, col)} {h}" if len(headers) > 1 else column_name(protocol, col)
+                 for _, h in headers]
+    lines = ["| " + " | ".join(head) + " |", "| " + " | ".join(["---"] + ["---:"] * (len(head) - 1)) + " |"]
+    starred = False
+    for label, cells in t["rows"].items():
+        shown = f"{label} (source)" if label == rec.source else label
+        row = [f"**{shown}**" if label == "Average" else shown]
+        for col in t["columns"]:
+            for key, _ in headers:
+                text = fmt(cells[col][key], allow_missing, decimals)
+                starred |= text.endswith("*")
+                row.append(text)
+        lines.append("| " + " | ".join(row) + " |")
+    return lines, starred
+
+
+def method_rows(protocol, t, rec, allow_missing, decimals):
+    """The transposed layout (--methods-as-rows), compact for one or two datasets: a method per row, a
+    (dataset, metric) per column; with a single dataset, its name is left out of the headers."""
+    headers = METRICS[protocol]
+    datasets = [d for d in t["rows"] if d != "Average"]
+    if len(datasets) > 1:
+        datasets.append("Average")
+    head = ["method"] + [f"{d} {h}" if len(datasets) > 1 else h for d in datasets for _, h in headers]
+    lines = ["| " + " | ".join(head) + " |", "| " + " | ".join(["---"] + ["---:"] * (len(head) - 1)) + " |"]
+    starred = False
+    for col in t["columns"]:
+        row = [column_name(protocol, col)]
+        for d in datasets:
+            for key, _ in headers:
+                text = fmt(t["rows"][d][col][key], allow_missing, decimals)
+                starred |= text.endswith("*")
+                row.append(text)
+        lines.append("| " + " | ".join(row) + " |")
+    return lines, starred
 
 
 def csv_rows(protocol, tables, rec, seeds):
@@ -375,12 +407,12 @@ def records_for(protocol, runs, source):
 
 
 def parse(root, protocol, seeds=(1, 2, 3), datasets=None, methods=None, shots=None, source="imagenet",
-          allow_missing=False, decimals=2, runs=None):
+          allow_missing=False, decimals=2, runs=None, methods_as_rows=False):
     """(markdown, csv rows, tables) of one protocol."""
     runs = discover(root) if runs is None else runs
     rec = records_for(protocol, runs, source)
     tables = build(protocol, rec, list(seeds), datasets, methods, shots)
-    return render(protocol, tables, rec, list(seeds), allow_missing, decimals), csv_rows(protocol, tables, rec,
+    return render(protocol, tables, rec, list(seeds), allow_missing, decimals, methods_as_rows), csv_rows(protocol, tables, rec,
                                                                                          list(seeds)), tables
 
 
@@ -399,6 +431,8 @@ def main(argv=None):
     p.add_argument("--allow-missing", action="store_true",
                    help="average the seeds that exist where some are missing (cells marked *)")
     p.add_argument("--decimals", type=int, default=2)
+    p.add_argument("--methods-as-rows", action="store_true",
+                   help="a method per row (compact for one or two datasets; the default is a dataset per row)")
     p.add_argument("--csv", help="CSV file (default: ROOT/results_<protocol>.csv); with several protocols, "
                                  "<protocol> in the name is replaced")
     p.add_argument("--markdown", help="Markdown file (default: ROOT/results_<protocol>.md)")
@@ -417,7 +451,8 @@ def main(argv=None):
     any_missing = False
     for protocol in protocols:
         markdown, rows, tables = parse(args.root, protocol, args.seeds, args.datasets, args.methods, args.shots,
-                                       args.source, args.allow_missing, args.decimals, runs=runs)
+                                       args.source, args.allow_missing, args.decimals, runs=runs,
+                                       methods_as_rows=args.methods_as_rows)
         any_missing |= any(t["missing"] for t in tables)
         print(markdown)
         if args.no_write:
