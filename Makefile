@@ -27,7 +27,7 @@ test: venv
 .PHONY: open-world-mini
 open-world-mini: venv
 	test -d output/mini/data || $(PY) tools/make_fixture_data.py --root output/mini/data --dataset caltech101 oxford_pets dtd eurosat ucf101
-	OMP_NUM_THREADS=1 $(PY) tools/sweep.py --protocol base2new --trainers CoOp MaPLe BMIP --datasets caltech101 oxford_pets dtd eurosat ucf101 --seeds 1 2 3 --root output/mini/data --output output/mini --cpu --jobs 2 --table open_world MODEL.BACKBONE.NAME vlprompt-tiny DATALOADER.NUM_WORKERS 0 OPTIM.MAX_EPOCH 1
+	B2N_EVAL=all OMP_NUM_THREADS=1 $(PY) tools/sweep.py --protocol base2new --trainers CoOp MaPLe BMIP --datasets caltech101 oxford_pets dtd eurosat ucf101 --seeds 1 2 3 --root output/mini/data --output output/mini --cpu --jobs 2 --table open_world MODEL.BACKBONE.NAME vlprompt-tiny DATALOADER.NUM_WORKERS 0 OPTIM.MAX_EPOCH 1
 
 clean:
 	rm -rf $(VENV) output

@@ -115,3 +115,50 @@ def test_sweep_end_to_end_skip_and_resume(tmp_path):
     logs = "".join(f.read_text() for f in (out / "sweep_logs").glob("*dtd*seed1*.log"))
     assert "resume:" in logs
     assert json.load(open(train / "metrics.json"))["accuracy"] == pytest.approx(acc)
+
+
+def test_transfer_and_few_shot_sweeps_end_to_end(tmp_path):
+    """Cross-dataset, domain generalization and few-shot sweeps with the tiny backbone on miniature layouts: the
+    domain-generalization sweep reuses the ImageNet training of the cross-dataset one, and each table's cell equals
+    the accuracy in the metrics.json it comes from."""
+    data, out = tmp_path / "data", tmp_path / "out"
+    p = run_tool(os.path.join(TOOLS, "make_fixture_data.py"), "--root", str(data), "--dataset", "imagenet",
+                 "imagenet_r", "dtd")
+    assert p.returncode == 0, p.stderr
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+
+    def sweep(protocol, *args):
+        cmd = [sys.executable, os.path.join(TOOLS, "sweep.py"), "--protocol", protocol, "--trainers", "CoOp",
+               "--seeds", "1", "--root", str(data), "--output", str(out), "--cpu", *args,
+               "MODEL.BACKBONE.NAME", "vlprompt-tiny", "DATALOADER.NUM_WORKERS", "0", "OPTIM.MAX_EPOCH", "1"]
+        p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=180)
+        assert p.returncode == 0, p.stdout + p.stderr
+
+    def accuracy(*parts):
+        with open(out.joinpath(*parts, "metrics.json")) as f:
+            return json.load(f)["accuracy"]
+
+    def table(protocol):
+        p = run_tool(os.path.join(TOOLS, "parse_results.py"), str(out), "--protocol", protocol, "--seeds", "1",
+                     "--no-write")
+        assert p.returncode == 0, p.stderr
+        assert "missing" not in p.stdout
+        return p.stdout
+
+    sweep("cross_dataset", "--datasets", "dtd", "--shots", "2")
+    source = ("imagenet", "CoOp", "vit_b16_ep50_ctxv1_2shots", "seed1")
+    assert f"| dtd | {accuracy('evaluation', 'CoOp', 'vit_b16_ep50_ctxv1_2shots', 'dtd', 'seed1'):.2f} ± 0.00 |" \
+        in table("cross_dataset")
+    trained = out.joinpath(*source, "metrics.json").stat().st_mtime_ns
+
+    sweep("domain_generalization", "--datasets", "imagenet_r", "--shots", "2")
+    assert out.joinpath(*source, "metrics.json").stat().st_mtime_ns == trained  # the same ImageNet weights
+    dg = table("domain_generalization")
+    assert f"| imagenet (source) | {accuracy(*source):.2f} ± 0.00 |" in dg
+    assert f"| imagenet_r | {accuracy('evaluation', 'CoOp', 'vit_b16_ep50_ctxv1_2shots', 'imagenet_r', 'seed1'):.2f}" \
+        in dg
+
+    sweep("few_shot", "--datasets", "dtd", "--shots", "1", "2")
+    few = table("few_shot")
+    for shots in (1, 2):
+        assert f"{accuracy('dtd', 'CoOp', f'vit_b16_ep50_ctxv1_{shots}shots', 'seed1'):.2f} ± 0.00" in few
