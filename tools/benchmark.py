@@ -1,25 +1,46 @@
-"""Speed of vlprompt's shared paths against the naive (official) ones, measured side by side in one run.
+"""Speed of vlprompt's shared paths against the naive (official) ones, and the cost of training each method,
+measured side by side in one run on whatever device is present.
 
   python tools/benchmark.py [--device D] [--classes N] [--quick] [--json FILE]
 
 Uses a ViT-B/16-sized CLIP with random weights (timings do not depend on the values). Each pair is timed
 interleaved (A, B, A, B, ...) and reported as the median ratio with its range, because these CPUs slow down
 under sustained load: absolute times are printed but only the ratios are comparable across runs.
+
+Training: CoOp, MaPLe, BMIP and HiCroPL are built as `train.py` builds them (the registered trainer class
+from the official config, with a class list of --classes names) and step on random 224x224 images with
+random labels at the configs' batch sizes: step time, images/s, peak memory, and the size of the checkpoint
+the trainer writes against the whole-model checkpoint the official code writes.
 """
 import argparse
+import contextlib
+import copy
+import ctypes
+import gc
+import io
 import json
 import logging
 import os
+import re
+import shutil
 import statistics
 import sys
+import tempfile
 import time
+from unittest import mock
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
 
+import vlprompt.trainers  # noqa: E402  registers the trainers and their config keys
 from vlprompt.clip import get_tokenizer, load_clip  # noqa: E402
 from vlprompt.config import get_cfg_default  # noqa: E402
+from vlprompt.data.base import DatasetBase, Datum  # noqa: E402
+from vlprompt.datasets import DATASET_REGISTRY  # noqa: E402
+from vlprompt.engine import checkpoint as ckpt  # noqa: E402
+from vlprompt.engine.trainer import TRAINER_REGISTRY  # noqa: E402
 from vlprompt.trainers.coop import CoOpModel  # noqa: E402
 
 logging.getLogger().setLevel(logging.ERROR)
@@ -58,31 +79,236 @@ def ratio_summary(slow, fast):
             "slow_s": statistics.median(slow), "fast_s": statistics.median(fast)}
 
 
+# ---- training: the trainers as train.py builds them ------------------------------------------------------
+
+# The official configs of the methods (batch sizes, precision and method settings are read from them).
+TRAINER_CONFIGS = {
+    "CoOp": "configs/trainers/CoOp/vit_b16_ep50_ctxv1.yaml",
+    "MaPLe": "configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml",
+    "BMIP": "configs/trainers/BMIP/BMIP_ctx2_dp9_lr2.yaml",
+    "HiCroPL": "configs/trainers/HiCroPL/vit_b16_c2_ep50_batch32_16ctx.yaml",
+}
+# Weight dtype of the official checkpoints for each PREC: the official code keeps CLIP (and the prompts) in
+# fp16 with PREC fp16 and in fp32 otherwise.
+OFFICIAL_WEIGHT_DTYPE = {"fp16": torch.float16, "fp32": torch.float32, "amp": torch.float32,
+                         "bf16": torch.float32}
+CLASS_LIST_DATASET = "BenchmarkClassList"
+CLASSNAMES_FILE = "classnames.json"
+DESCRIPTIONS_FILE = "descriptions.json"
+MB = 2 ** 20
+
+
+class ClassListDataset(DatasetBase):
+    """Only a class list, read from <DATASET.ROOT>/classnames.json: one placeholder item per class, so that the
+    trainers build through their DataManager with these classes. No image is ever read: the benchmark hands
+    random tensors to forward_backward()."""
+
+    def __init__(self, cfg):
+        with open(os.path.join(cfg.DATASET.ROOT, CLASSNAMES_FILE)) as f:
+            names = json.load(f)
+        items = [Datum(label=label, classname=name) for label, name in enumerate(names)]
+        super().__init__(train_x=items, test=items)
+
+
+if CLASS_LIST_DATASET not in DATASET_REGISTRY:  # the tests may load this file more than once
+    DATASET_REGISTRY.register(ClassListDataset, name=CLASS_LIST_DATASET)
+
+
+@contextlib.contextmanager
+def trainers_use_copies_of(clip_model):
+    """The trainers load their CLIP with pretrained weights, which a benchmark does not need (and this machine
+    may not have): hand them copies of one randomly initialised model instead, which is also faster than
+    initialising a new one for each trainer."""
+    with mock.patch.object(vlprompt.trainers.base, "load_clip", lambda *args, **kw: copy.deepcopy(clip_model)):
+        yield
+
+
+def trainer_cfg(name, backbone, device, workdir):
+    cfg = get_cfg_default()
+    cfg.merge_from_file(os.path.join(REPO, TRAINER_CONFIGS[name]))
+    cfg.merge_from_list([
+        "TRAINER.NAME", name, "MODEL.BACKBONE.NAME", backbone, "DEVICE", str(device),
+        "DATASET.NAME", CLASS_LIST_DATASET, "DATASET.ROOT", workdir, "DATALOADER.NUM_WORKERS", 0,
+        "OUTPUT_DIR", os.path.join(workdir, name), "VERBOSE", False,
+    ])
+    if name == "HiCroPL":
+        # The config's image teacher is ViT-B/16, the backbone itself (reused, not loaded again). Its fixed class
+        # embeddings come from one sentence per class rather than CLIP's 80 templates: a one-off setup cost, not
+        # part of a training step, and 80,000 sentences for 1000 classes take long on a CPU.
+        cfg.merge_from_list(["TRAINER.HICROPL.TEACHER_NAME", backbone,
+                             "TRAINER.HICROPL.DESCRIPTIONS", os.path.join(workdir, DESCRIPTIONS_FILE)])
+    return cfg
+
+
+def write_class_list(workdir, classnames):
+    with open(os.path.join(workdir, CLASSNAMES_FILE), "w") as f:
+        json.dump(classnames, f)
+    with open(os.path.join(workdir, DESCRIPTIONS_FILE), "w") as f:
+        json.dump({name: [f"a photo of a {name}."] for name in classnames}, f)
+
+
+class PeakMemory:
+    """Peak memory over a stretch of code. CUDA: torch.cuda.max_memory_allocated (everything allocated on the
+    device, the model included). CPU: how far the process's peak resident memory (VmHWM, reset through
+    /proc/self/clear_refs) rose above its resident memory at the start."""
+
+    def __init__(self, device):
+        self.device = device
+        self.what = ("CUDA max allocated, model included" if device.type == "cuda"
+                     else "CPU peak RSS increase over the steps")
+
+    @staticmethod
+    def _status_kb(field):
+        with open("/proc/self/status") as f:
+            return int(re.search(rf"^{field}:\s+(\d+) kB", f.read(), re.M).group(1))
+
+    def start(self):
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return
+        gc.collect()
+        with contextlib.suppress(OSError, AttributeError):  # hand freed memory back, so the baseline is real
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current RSS
+        self.start_kb = self._status_kb("VmRSS")
+
+    def peak_mb(self):
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / MB
+        return (self._status_kb("VmHWM") - self.start_kb) * 1024 / MB
+
+
+def time_training_steps(trainer, batch_size, steps, num_classes, device):
+    """Median seconds of `steps` training steps (forward, loss, backward, optimizer step through the trainer's
+    own forward_backward) after one warm-up step; the peak memory covers all of them."""
+    batch = {"img": torch.randn(batch_size, 3, 224, 224), "label": torch.randint(0, num_classes, (batch_size,))}
+    trainer.set_model_mode("train")
+    memory = PeakMemory(device)
+    memory.start()
+    times = []
+    for step in range(steps + 1):
+        sync(device)
+        start = time.perf_counter()
+        trainer.forward_backward(batch)
+        sync(device)
+        if step > 0:
+            times.append(time.perf_counter() - start)
+    return times, memory.peak_mb(), memory.what
+
+
+def checkpoint_sizes(trainer, directory):
+    """(path and bytes of the checkpoint the trainer writes, bytes of the official whole-model checkpoint).
+    The official Dassl save_model writes the state_dict of the whole model -- frozen CLIP image and text towers
+    plus the prompt learner -- in the weight dtype of the official PREC; it is serialised here the same way.
+    Not byte-identical to an official file: that also holds its optimizer state, the prompts' frozen token
+    embeddings per class (token_prefix/suffix) and, for HiCroPL, a second copy of the image tower (the teacher),
+    but not CLIP's token embedding table, which this model's text tower holds."""
+    trainer.save_model(0, directory)
+    ours = os.path.join(directory, trainer.checkpoint_name, ckpt.checkpoint_name(1))
+    dtype = OFFICIAL_WEIGHT_DTYPE[trainer.method_cfg.PREC]
+    whole_state = {k: (v.detach().cpu().to(dtype) if v.is_floating_point() else v.detach().cpu())
+                   for k, v in trainer.model.state_dict().items()}
+    whole = os.path.join(directory, "whole_model.pth")
+    torch.save(whole_state, whole)
+    whole_bytes = os.path.getsize(whole)
+    os.remove(whole)  # hundreds of MB for ViT-B/16
+    return ours, os.path.getsize(ours), whole_bytes, str(dtype).replace("torch.", "")
+
+
+def benchmark_trainer(name, clip_model, args, classnames, device, workdir):
+    cfg = trainer_cfg(name, args.backbone, device, workdir)
+    official_batch = cfg.DATALOADER.TRAIN_X.BATCH_SIZE
+    batch_size = args.train_batch_size or official_batch
+    build_log = io.StringIO()  # the trainers' build messages would bury the tables
+    with trainers_use_copies_of(clip_model), contextlib.redirect_stdout(build_log):
+        trainer = TRAINER_REGISTRY.get(name)(cfg)
+    times, peak_mb, memory_what = time_training_steps(trainer, batch_size, args.train_steps, len(classnames), device)
+    with contextlib.redirect_stdout(build_log):
+        path, ckpt_bytes, whole_bytes, whole_dtype = checkpoint_sizes(trainer, cfg.OUTPUT_DIR)
+    step_s = statistics.median(times)
+    learned = [p for p in trainer.model.parameters() if p.requires_grad]
+    row = {"official_batch_size": official_batch, "batch_size": batch_size, "steps": len(times),
+           "step_s": step_s, "step_s_min": min(times), "step_s_max": max(times),
+           "images_per_s": batch_size / step_s, "peak_memory_mb": peak_mb, "peak_memory_measure": memory_what,
+           "checkpoint_path": path, "checkpoint_bytes": ckpt_bytes, "whole_model_bytes": whole_bytes,
+           "whole_model_dtype": whole_dtype, "checkpoint_fraction": ckpt_bytes / whole_bytes,
+           "learned_parameters": sum(p.numel() for p in learned),
+           "learned_parameter_bytes": sum(p.numel() * p.element_size() for p in learned)}
+    # the checkpoint also holds the optimizer state (SGD: 1, Adam: 2 tensors per parameter): the parameters alone
+    row["learned_parameter_fraction"] = row["learned_parameter_bytes"] / whole_bytes
+    del trainer
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return row
+
+
+def print_training_table(training, num_classes, device):
+    first = next(iter(training.values()))
+    print(f"\n| trainer ({num_classes} classes, {device}) | batch (official) | step time (median, range) "
+          f"| images/s | peak memory MB* | checkpoint MB (learned parameters MB) "
+          f"| whole-model MB ({first['whole_model_dtype']}) | checkpoint / whole (parameters / whole) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for name, row in training.items():
+        print(f"| {name} | {row['batch_size']} ({row['official_batch_size']}) "
+              f"| {row['step_s']:.2f} s ({row['step_s_min']:.2f}-{row['step_s_max']:.2f}) "
+              f"| {row['images_per_s']:.2f} | {row['peak_memory_mb']:.0f} "
+              f"| {row['checkpoint_bytes'] / MB:.2f} ({row['learned_parameter_bytes'] / MB:.2f}) "
+              f"| {row['whole_model_bytes'] / MB:.1f} "
+              f"| {100 * row['checkpoint_fraction']:.2f}% ({100 * row['learned_parameter_fraction']:.2f}%) |")
+    print(f"* {first['peak_memory_measure']}; MB = 2^20 bytes. Steps: forward, loss, backward, optimizer step "
+          f"on random 224x224 images ({first['steps']} timed after 1 warm-up).\n"
+          "Checkpoint: the file the trainer writes (learned parameters in fp32 plus the optimizer's state: "
+          "SGD one momentum, Adam two moments per parameter). "
+          "Whole model: the state_dict of the whole model (frozen CLIP image and text towers plus the prompt "
+          "learner) in the official PREC's dtype, what the official save_model writes; the official file also "
+          "holds its optimizer state, the per-class frozen prompt embeddings and HiCroPL's teacher image tower, "
+          "but not CLIP's token embedding table, which is counted here.")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="auto")
-    p.add_argument("--classes", type=int, default=1000)
+    p.add_argument("--classes", type=int, default=1000,
+                   help="classes of the text passes and of training (1000: ImageNet trained on all classes)")
     p.add_argument("--batch-size", type=int, default=100, help="test batch size (the official default is 100)")
     p.add_argument("--eval-images", type=int, default=50000,
                    help="size of the evaluation the per-image costs are given for (ImageNet's 50,000)")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--trainers", default=",".join(TRAINER_CONFIGS),
+                   help="comma-separated trainers to time (their official configs are in TRAINER_CONFIGS)")
+    p.add_argument("--train-steps", type=int, default=5, help="timed training steps per trainer (after 1 warm-up)")
+    p.add_argument("--train-batch-size", type=int, default=0,
+                   help="training batch size for every trainer (0: each official config's)")
     p.add_argument("--backbone", default="ViT-B-16-quickgelu", help="architecture (random weights)")
-    p.add_argument("--quick", action="store_true", help="100 classes, test batches of 20, 3 repeats")
+    p.add_argument("--checkpoint-dir", default="",
+                   help="keep the trainers' checkpoints in this folder (default: a temporary folder, removed)")
+    p.add_argument("--quick", action="store_true",
+                   help="50 classes, test batches of 10, 2 repeats; training: batches of 2, 2 timed steps")
     p.add_argument("--json", default="", help="also write the results to this JSON file")
     args = p.parse_args(argv)
     if args.quick:
-        args.classes, args.batch_size, args.repeats = 100, 20, 3
-        print("--quick: 100 classes, test batches of 20, 3 interleaved repeats")
+        args.classes, args.batch_size, args.repeats = 50, 10, 2
+        args.train_batch_size, args.train_steps = 2, 2
+        print("--quick: reduced to 50 classes (text passes and training), test batches of 10, 2 interleaved "
+              "repeats; training: batches of 2 instead of the official batch sizes, 2 timed steps after 1 warm-up")
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    trainer_names = [t for t in args.trainers.split(",") if t]
+    unknown = [t for t in trainer_names if t not in TRAINER_CONFIGS]
+    if unknown:
+        p.error(f"--trainers: no official config known for {', '.join(unknown)}; choose from "
+                f"{', '.join(TRAINER_CONFIGS)}")
 
     print(f"Building a randomly initialised {args.backbone} on {device} ...")
-    clip_model = load_clip(args.backbone, device=device, random_weights=True)
+    cpu_clip = load_clip(args.backbone, random_weights=True)  # the trainers get copies of it
+    clip_model = copy.deepcopy(cpu_clip).to(device)
     tokenizer = get_tokenizer("ViT-B/16")
     cfg = get_cfg_default().TRAINER.COOP  # CoOp's defaults: 16 learnable context tokens
     model = CoOpModel(clip_model, tokenizer, class_names(args.classes), cfg).to(device).eval()
     template = model.prompt_learner.template
     full_tokens = tokenizer([f"{template.prefix} {n}." for n in template.classnames]).to(device)
-    results = {"device": str(device), "classes": args.classes, "backbone": args.backbone,
+    results = {"device": str(device), "classes": args.classes, "backbone": args.backbone, "quick": args.quick,
                "torch_threads": torch.get_num_threads()}
 
     # 1. Text encoder: full 77 positions vs truncated to the longest EOT, for CoOp's 16-token context
@@ -120,6 +346,34 @@ def main(argv=None):
               batch_size=args.batch_size, eval_images=args.eval_images)
     results["eval_cache"] = ev
     results["eval_cache_speedup"] = ev["median"]
+    del model, clip_model, batch, state
+    gc.collect()
+
+    # 3. Training: each trainer built from its official config, stepped on random images.
+    training = {}
+    workdir = args.checkpoint_dir or tempfile.mkdtemp(prefix="vlprompt-benchmark-")
+    os.makedirs(workdir, exist_ok=True)
+    saved_cache = os.environ.get("VLPROMPT_CACHE")
+    os.environ["VLPROMPT_CACHE"] = os.path.join(workdir, "cache")  # HiCroPL's class embeddings: not the user's cache
+    try:
+        classnames = class_names(args.classes)
+        write_class_list(workdir, classnames)
+        for name in trainer_names:
+            print(f"Training {name} ...", flush=True)
+            training[name] = benchmark_trainer(name, cpu_clip, args, classnames, device, workdir)
+    finally:
+        if saved_cache is None:
+            os.environ.pop("VLPROMPT_CACHE", None)
+        else:
+            os.environ["VLPROMPT_CACHE"] = saved_cache
+        if not args.checkpoint_dir:
+            shutil.rmtree(workdir, ignore_errors=True)
+            for row in training.values():
+                row["checkpoint_path"] = None  # removed with the temporary folder
+    results["training"] = training
+    for key, field in (("train_images_per_s", "images_per_s"), ("train_step_s", "step_s"),
+                       ("peak_memory_mb", "peak_memory_mb"), ("checkpoint_fraction", "checkpoint_fraction")):
+        results[key] = {name: row[field] for name, row in training.items()}
 
     print()
     print(f"| measurement ({args.classes} classes, {device}) | naive | vlprompt | speedup (median, range) |")
@@ -135,6 +389,8 @@ def main(argv=None):
           f"{ev['batch_s']:.2f} s)")
     worst = max(t["max_abs_diff"] for t in text_rows.values())
     print(f"\nTruncated text features differ from full-length ones by at most {worst:.2e}.")
+    if training:
+        print_training_table(training, args.classes, device)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
