@@ -331,19 +331,25 @@ def main(argv=None):
     results["text_truncation"] = text_rows
     results["text_truncation_speedup"] = text_rows["CoOp prompts"]["median"]
 
-    # 2. Evaluation: text features recomputed per test batch (official) vs once per evaluation (vlprompt).
-    #    Measured as its two parts, interleaved: class_state() (the text side) and one test batch's
-    #    image side; per-image costs for an evaluation of --eval-images images follow from them.
+    # 2. Evaluation: text features recomputed per test batch at all 77 positions (the official behaviour) vs
+    #    truncated and computed once per evaluation (vlprompt); the middle path (truncated, per batch) isolates
+    #    the caching. Measured as its parts, interleaved: the full-length text pass, class_state() (our text
+    #    side) and one test batch's image side; per-image costs for --eval-images images follow from them.
     batch = torch.randn(args.batch_size, 3, 224, 224, device=device)
     with torch.no_grad():
         state = model.class_state()
-        times = interleaved({"text": model.class_state, "batch": lambda: model.logits(batch, state)},
+        times = interleaved({"text_full": lambda: enc.encode_tokens(full_tokens, truncate=False),
+                             "text": model.class_state, "batch": lambda: model.logits(batch, state)},
                             args.repeats, device)
-    per_batch = [(t + b) / args.batch_size for t, b in zip(times["text"], times["batch"])]
-    cached = [b / args.batch_size + t / args.eval_images for t, b in zip(times["text"], times["batch"])]
-    ev = ratio_summary(per_batch, cached)
-    ev.update(text_s=statistics.median(times["text"]), batch_s=statistics.median(times["batch"]),
-              batch_size=args.batch_size, eval_images=args.eval_images)
+    rounds = list(zip(times["text_full"], times["text"], times["batch"]))
+    official = [(full + b) / args.batch_size for full, _, b in rounds]
+    per_batch = [(t + b) / args.batch_size for _, t, b in rounds]
+    cached = [b / args.batch_size + t / args.eval_images for _, t, b in rounds]
+    ev = ratio_summary(official, cached)
+    cache_only = ratio_summary(per_batch, cached)
+    ev.update(text_full_s=statistics.median(times["text_full"]), text_s=statistics.median(times["text"]),
+              batch_s=statistics.median(times["batch"]), batch_size=args.batch_size, eval_images=args.eval_images,
+              cache_only=cache_only)
     results["eval_cache"] = ev
     results["eval_cache_speedup"] = ev["median"]
     del model, clip_model, batch, state
@@ -382,11 +388,14 @@ def main(argv=None):
         print(f"| text encoder, {label}: {text['positions'][0]} vs {text['positions'][1]} positions "
               f"| {text['slow_s']:.3f} s | {text['fast_s']:.3f} s "
               f"| {text['median']:.2f}x ({text['min']:.2f}-{text['max']:.2f}) |")
-    print(f"| evaluation per image ({args.eval_images:,} images, batches of {args.batch_size}): "
-          f"text per batch vs once | {1000 * ev['slow_s']:.1f} ms | {1000 * ev['fast_s']:.1f} ms "
+    print(f"| evaluation per image ({args.eval_images:,} images, batches of {args.batch_size}): full-length "
+          f"text per batch (official) vs truncated once | {1000 * ev['slow_s']:.1f} ms | {1000 * ev['fast_s']:.1f} ms "
           f"| {ev['median']:.2f}x ({ev['min']:.2f}-{ev['max']:.2f}) |")
-    print(f"(one text pass over {args.classes} classes: {ev['text_s']:.2f} s; one test batch of images: "
-          f"{ev['batch_s']:.2f} s)")
+    print(f"| of which the caching alone: truncated text per batch vs once | {1000 * cache_only['slow_s']:.1f} ms "
+          f"| {1000 * cache_only['fast_s']:.1f} ms | {cache_only['median']:.2f}x "
+          f"({cache_only['min']:.2f}-{cache_only['max']:.2f}) |")
+    print(f"(one text pass over {args.classes} classes: {ev['text_full_s']:.2f} s full length, {ev['text_s']:.2f} s "
+          f"truncated; one test batch of images: {ev['batch_s']:.2f} s)")
     worst = max(t["max_abs_diff"] for t in text_rows.values())
     print(f"\nTruncated text features differ from full-length ones by at most {worst:.2e}.")
     if training:
