@@ -31,8 +31,10 @@ from unittest import mock
 
 import torch
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOOLS = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(TOOLS)
 sys.path.insert(0, REPO)
+sys.path.insert(0, TOOLS)
 
 import vlprompt.trainers  # noqa: E402  registers the trainers and their config keys
 from vlprompt.clip import get_tokenizer, load_clip  # noqa: E402
@@ -42,6 +44,7 @@ from vlprompt.datasets import DATASET_REGISTRY  # noqa: E402
 from vlprompt.engine import checkpoint as ckpt  # noqa: E402
 from vlprompt.engine.trainer import TRAINER_REGISTRY  # noqa: E402
 from vlprompt.trainers.coop import CoOpModel  # noqa: E402
+from sweep import config_file  # noqa: E402
 
 logging.getLogger().setLevel(logging.ERROR)
 
@@ -81,13 +84,9 @@ def ratio_summary(slow, fast):
 
 # ---- training: the trainers as train.py builds them ------------------------------------------------------
 
-# The official configs of the methods (batch sizes, precision and method settings are read from them).
-TRAINER_CONFIGS = {
-    "CoOp": "configs/trainers/CoOp/vit_b16_ep50_ctxv1.yaml",
-    "MaPLe": "configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml",
-    "BMIP": "configs/trainers/BMIP/BMIP_ctx2_dp9_lr2.yaml",
-    "HiCroPL": "configs/trainers/HiCroPL/vit_b16_c2_ep50_batch32_16ctx.yaml",
-}
+# The methods timed, with their official base-to-new configs (tools/sweep.py); batch sizes, precision and
+# method settings are read from them.
+TRAINER_CONFIGS = {name: config_file(name) for name in ("CoOp", "MaPLe", "BMIP", "HiCroPL")}
 # Weight dtype of the official checkpoints for each PREC: the official code keeps CLIP (and the prompts) in
 # fp16 with PREC fp16 and in fp32 otherwise.
 OFFICIAL_WEIGHT_DTYPE = {"fp16": torch.float16, "fp32": torch.float32, "amp": torch.float32,
@@ -125,7 +124,7 @@ def trainers_use_copies_of(clip_model):
 
 def trainer_cfg(name, backbone, device, workdir):
     cfg = get_cfg_default()
-    cfg.merge_from_file(os.path.join(REPO, TRAINER_CONFIGS[name]))
+    cfg.merge_from_file(TRAINER_CONFIGS[name])
     cfg.merge_from_list([
         "TRAINER.NAME", name, "MODEL.BACKBONE.NAME", backbone, "DEVICE", str(device),
         "DATASET.NAME", CLASS_LIST_DATASET, "DATASET.ROOT", workdir, "DATALOADER.NUM_WORKERS", 0,

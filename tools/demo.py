@@ -30,6 +30,7 @@ sys.path.insert(0, TOOLS)
 
 import parse_results  # noqa: E402
 from sweep import BASE as OFFICIAL_CONFIGS  # noqa: E402  the base-to-new config of each trainer
+from sweep import config_file  # noqa: E402
 from vlprompt.cli import main as train  # noqa: E402
 from vlprompt.clip.load import toy_checkpoint_path  # noqa: E402
 from vlprompt.config import get_cfg_default, merge_from_file  # noqa: E402
@@ -42,11 +43,6 @@ METHODS = ["ZeroshotCLIP", "CoOp", "MaPLe", "BMIP", "HiCroPL"]
 # Official hyperparameters plus what the toy CLIP needs (vlprompt.toyworld.toy_opts: input size, transforms,
 # deep-prompt depths) and a CPU-sized test batch.
 COMMON_OPTS = ["DATASET.NUM_SHOTS", str(SHOTS), "DATALOADER.NUM_WORKERS", "0", "DATALOADER.TEST.BATCH_SIZE", "200"]
-
-
-def config_file(trainer):
-    folder = "CoOp" if trainer.startswith("ZeroshotCLIP") else trainer  # as the official zeroshot.sh
-    return os.path.join(REPO, "configs", "trainers", folder, OFFICIAL_CONFIGS[trainer] + ".yaml")
 
 
 def run_dir(output, kind, trainer, seed):

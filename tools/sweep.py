@@ -59,6 +59,13 @@ DEFAULT_DATASETS = {
 KEY_RE = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")
 
 
+def config_file(trainer, name=None):
+    """The path of a trainer's config NAME (default: its base-to-new config), as the scripts resolve it;
+    zero-shot trainers read CoOp's configs, as the official zeroshot.sh."""
+    folder = "CoOp" if trainer.startswith("ZeroshotCLIP") else trainer
+    return os.path.join(REPO, "configs", "trainers", folder, (name or BASE[trainer]) + ".yaml")
+
+
 def split_opts(argv):
     """argv -> (sweep arguments, KEY VALUE options): the options start at `--` or at the first config key."""
     for i, a in enumerate(argv):
