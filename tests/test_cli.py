@@ -104,6 +104,37 @@ def test_resume_equals_uninterrupted_run(data_root, tmp_path, monkeypatch):
     assert len([f for f in os.listdir(tmp_path / "cut") if f.startswith("log.txt")]) == 2
 
 
+def test_final_checkpoints_hold_weights_only_and_end_the_run(data_root, tmp_path, capsys):
+    """Resume points keep the optimizer, scheduler and RNG state; the last-epoch and best checkpoints hold the
+    weights alone. Resuming a finished run trains nothing; resuming it to more epochs is refused by name."""
+    out = tmp_path / "run"
+    args = train_args(2, "TRAIN.CHECKPOINT_FREQ", "1", "TEST.FINAL_MODEL", "best_val")
+    assert run(data_root, out, *args) == 0
+    first = torch.load(out / "prompt_learner/model.pth.tar-1", weights_only=False)
+    last = torch.load(out / "prompt_learner/model.pth.tar-2", weights_only=False)
+    best = torch.load(out / "prompt_learner/model-best.pth.tar", weights_only=False)
+    assert {"optimizer", "scheduler", "rng_state"} <= set(first) and "training_finished" not in first
+    assert first["optimizer"]["state"][0]["momentum_buffer"].shape == first["state_dict"]["ctx"].shape
+    for state in (last, best):
+        assert not {"optimizer", "scheduler", "rng_state"} & set(state)
+    assert last["training_finished"] and last["max_epoch"] == 2 and last["epoch"] == 2
+    assert (out / "prompt_learner/checkpoint").read_text().strip() == "model.pth.tar-2"
+    assert os.path.getsize(out / "prompt_learner/model.pth.tar-2") < os.path.getsize(
+        out / "prompt_learner/model.pth.tar-1")
+
+    capsys.readouterr()
+    mtime = os.stat(out / "prompt_learner/model.pth.tar-2").st_mtime_ns
+    assert run(data_root, out, "--resume", str(out), *args) == 0
+    printed = capsys.readouterr().out
+    assert "nothing left to train" in printed and "epoch [" not in printed
+    assert os.stat(out / "prompt_learner/model.pth.tar-2").st_mtime_ns == mtime
+
+    config = (out / "config.yaml").read_text()
+    with pytest.raises(ValueError, match="holds only the weights.*OPTIM.MAX_EPOCH 3; nothing was changed"):
+        run(data_root, out, "--resume", str(out), *train_args(3, "TRAIN.CHECKPOINT_FREQ", "1"))
+    assert (out / "config.yaml").read_text() == config
+
+
 def test_cocoop_and_zeroshot_from_cli(data_root, tmp_path):
     assert run(data_root, tmp_path / "cocoop", *train_args(1, "DATASET.SUBSAMPLE_CLASSES", "base"),
                trainer="CoCoOp", config=COCOOP_CFG) == 0

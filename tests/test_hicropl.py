@@ -214,9 +214,10 @@ def test_official_mode_training_step_through_trainer(tmp_path):
     argv = ["--root", data, "--seed", "1", "--trainer", "HiCroPL", "--dataset-config-file", DATASET_CFG,
             "--config-file", os.path.join(REPO, CONFIGS["cross_dataset"]), "--output-dir", str(out),
             *FAST, "TRAINER.HICROPL.MAPPER_MODE", "official", "DATASET.NUM_SHOTS", "1",
-            "DATALOADER.TRAIN_X.BATCH_SIZE", "10", "TEST.NO_TEST", "True"]
+            "DATALOADER.TRAIN_X.BATCH_SIZE", "10", "TEST.NO_TEST", "True",
+            "OPTIM.MAX_EPOCH", "2", "TRAIN.CHECKPOINT_FREQ", "1"]
     assert cli.main(argv) == 0
-    state = torch.load(out / "VLPromptLearner/model.pth.tar-1", weights_only=False)
+    state = torch.load(out / "VLPromptLearner/model.pth.tar-1", weights_only=False)  # a resume point: has Adam
     adam = state["optimizer"]["state"]
     names = list(state["state_dict"])
     # Adam holds moments only for parameters that had gradients: the prompts, never mapper/LKP/proxies

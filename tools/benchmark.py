@@ -38,6 +38,7 @@ sys.path.insert(0, TOOLS)
 
 import vlprompt.trainers  # noqa: E402  registers the trainers and their config keys
 from vlprompt.clip import get_tokenizer, load_clip  # noqa: E402
+from vlprompt.clip.text_prompt import ClassPromptTemplate  # noqa: E402
 from vlprompt.config import get_cfg_default  # noqa: E402
 from vlprompt.data.base import DatasetBase, Datum  # noqa: E402
 from vlprompt.datasets import DATASET_REGISTRY  # noqa: E402
@@ -196,23 +197,46 @@ def time_training_steps(trainer, batch_size, steps, num_classes, device):
     return times, memory.peak_mb(), memory.what
 
 
-def checkpoint_sizes(trainer, directory):
-    """(path and bytes of the checkpoint the trainer writes, bytes of the official whole-model checkpoint).
-    The official Dassl save_model writes the state_dict of the whole model -- frozen CLIP image and text towers
-    plus the prompt learner -- in the weight dtype of the official PREC; it is serialised here the same way.
-    Not byte-identical to an official file: that also holds its optimizer state, the prompts' frozen token
-    embeddings per class (token_prefix/suffix) and, for HiCroPL, a second copy of the image tower (the teacher),
-    but not CLIP's token embedding table, which this model's text tower holds."""
-    trainer.save_model(0, directory)
-    ours = os.path.join(directory, trainer.checkpoint_name, ckpt.checkpoint_name(1))
+# What the official save_model writes for each method: CoOp registers its prompt learner, the others their whole
+# model (frozen CLIP included, without CLIP's token embedding table, which their text encoders do not hold);
+# HiCroPL's model also holds its teacher image tower (ZS_image_encoder).
+OFFICIAL_SAVED_MODULES = {"CoOp": "prompt learner", "MaPLe": "whole model", "BMIP": "whole model",
+                          "HiCroPL": "whole model + teacher image tower"}
+# Moment tensors per learned parameter in the optimizer state the official files keep.
+OPTIMIZER_MOMENTS = {"sgd": 1, "adam": 2, "adamw": 2}
+
+
+def official_checkpoint_bytes(name, trainer, clip_model):
+    """Bytes of the tensors in the checkpoint the official code writes for this trainer's config: the saved
+    modules (OFFICIAL_SAVED_MODULES), the per-class frozen prompt embeddings its prompt learner keeps as buffers
+    (token_prefix/suffix: classes x (context length - N_CTX) x text width) and the optimizer's moments for the
+    learned parameters, all in the weight dtype of the official PREC. Pickle overhead (under 0.1%) aside."""
+    clip_state = clip_model.state_dict()
+    frozen = sum(v.numel() for k, v in clip_state.items() if k != "token_embedding.weight")
+    teacher = sum(v.numel() for v in clip_model.visual.state_dict().values())
+    learned = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    template = next(m for m in trainer.model.modules() if isinstance(m, ClassPromptTemplate))
+    context_length, width = clip_state["positional_embedding"].shape[0], clip_state["token_embedding.weight"].shape[1]
+    prompt_buffers = template.num_classes * (context_length - template.n_ctx) * width
+    optim = trainer.cfg.OPTIM
+    moments = 0 if optim.NAME == "sgd" and not optim.MOMENTUM else OPTIMIZER_MOMENTS[optim.NAME]
+    saved = OFFICIAL_SAVED_MODULES[name]
+    elements = (learned * (1 + moments) + prompt_buffers + (frozen if "whole model" in saved else 0)
+                + (teacher if "teacher" in saved else 0))
     dtype = OFFICIAL_WEIGHT_DTYPE[trainer.method_cfg.PREC]
-    whole_state = {k: (v.detach().cpu().to(dtype) if v.is_floating_point() else v.detach().cpu())
-                   for k, v in trainer.model.state_dict().items()}
-    whole = os.path.join(directory, "whole_model.pth")
-    torch.save(whole_state, whole)
-    whole_bytes = os.path.getsize(whole)
-    os.remove(whole)  # hundreds of MB for ViT-B/16
-    return ours, os.path.getsize(ours), whole_bytes, str(dtype).replace("torch.", "")
+    return elements * dtype.itemsize, str(dtype).replace("torch.", "")
+
+
+def checkpoint_sizes(trainer, directory):
+    """Paths and bytes of the two checkpoints the trainer writes: the one at the end of training (the weights
+    alone; it stays on disk) and a resume point (with the optimizer, scheduler and RNG state; written only every
+    TRAIN.CHECKPOINT_FREQ epochs when asked for)."""
+    sizes = {}
+    for kind, finished in (("final", True), ("resume", False)):
+        trainer.save_model(0, os.path.join(directory, kind), finished=finished)
+        path = os.path.join(directory, kind, trainer.checkpoint_name, ckpt.checkpoint_name(1))
+        sizes[kind] = (path, os.path.getsize(path))
+    return sizes
 
 
 def benchmark_trainer(name, clip_model, args, classnames, device, workdir):
@@ -224,18 +248,24 @@ def benchmark_trainer(name, clip_model, args, classnames, device, workdir):
         trainer = TRAINER_REGISTRY.get(name)(cfg)
     times, peak_mb, memory_what = time_training_steps(trainer, batch_size, args.train_steps, len(classnames), device)
     with contextlib.redirect_stdout(build_log):
-        path, ckpt_bytes, whole_bytes, whole_dtype = checkpoint_sizes(trainer, cfg.OUTPUT_DIR)
+        sizes = checkpoint_sizes(trainer, cfg.OUTPUT_DIR)
+    official_bytes, official_dtype = official_checkpoint_bytes(name, trainer, clip_model)
     step_s = statistics.median(times)
     learned = [p for p in trainer.model.parameters() if p.requires_grad]
     row = {"official_batch_size": official_batch, "batch_size": batch_size, "steps": len(times),
            "step_s": step_s, "step_s_min": min(times), "step_s_max": max(times),
            "images_per_s": batch_size / step_s, "peak_memory_mb": peak_mb, "peak_memory_measure": memory_what,
-           "checkpoint_path": path, "checkpoint_bytes": ckpt_bytes, "whole_model_bytes": whole_bytes,
-           "whole_model_dtype": whole_dtype, "checkpoint_fraction": ckpt_bytes / whole_bytes,
+           "checkpoint_path": sizes["final"][0], "checkpoint_bytes": sizes["final"][1],
+           "resume_checkpoint_path": sizes["resume"][0], "resume_checkpoint_bytes": sizes["resume"][1],
+           "official_checkpoint_bytes": official_bytes, "official_checkpoint_dtype": official_dtype,
+           "official_checkpoint_holds": OFFICIAL_SAVED_MODULES[name],
+           "checkpoint_fraction": sizes["final"][1] / official_bytes,
+           "resume_checkpoint_fraction": sizes["resume"][1] / official_bytes,
            "learned_parameters": sum(p.numel() for p in learned),
            "learned_parameter_bytes": sum(p.numel() * p.element_size() for p in learned)}
-    # the checkpoint also holds the optimizer state (SGD: 1, Adam: 2 tensors per parameter): the parameters alone
-    row["learned_parameter_fraction"] = row["learned_parameter_bytes"] / whole_bytes
+    # the parameters alone in the official weight dtype: a floor for any checkpoint that keeps them all
+    official_itemsize = OFFICIAL_WEIGHT_DTYPE[trainer.method_cfg.PREC].itemsize
+    row["learned_parameter_fraction"] = row["learned_parameters"] * official_itemsize / official_bytes
     del trainer
     gc.collect()
     if device.type == "cuda":
@@ -246,24 +276,25 @@ def benchmark_trainer(name, clip_model, args, classnames, device, workdir):
 def print_training_table(training, num_classes, device):
     first = next(iter(training.values()))
     print(f"\n| trainer ({num_classes} classes, {device}) | batch (official) | step time (median, range) "
-          f"| images/s | peak memory MB* | checkpoint MB (learned parameters MB) "
-          f"| whole-model MB ({first['whole_model_dtype']}) | checkpoint / whole (parameters / whole) |")
+          f"| images/s | peak memory MB* | checkpoint MB (resume point MB) | official file MB (holds) "
+          f"| checkpoint / official (resume point; learned parameters alone) |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, row in training.items():
         print(f"| {name} | {row['batch_size']} ({row['official_batch_size']}) "
               f"| {row['step_s']:.2f} s ({row['step_s_min']:.2f}-{row['step_s_max']:.2f}) "
               f"| {row['images_per_s']:.2f} | {row['peak_memory_mb']:.0f} "
-              f"| {row['checkpoint_bytes'] / MB:.2f} ({row['learned_parameter_bytes'] / MB:.2f}) "
-              f"| {row['whole_model_bytes'] / MB:.1f} "
-              f"| {100 * row['checkpoint_fraction']:.2f}% ({100 * row['learned_parameter_fraction']:.2f}%) |")
+              f"| {row['checkpoint_bytes'] / MB:.2f} ({row['resume_checkpoint_bytes'] / MB:.2f}) "
+              f"| {row['official_checkpoint_bytes'] / MB:.1f} ({row['official_checkpoint_holds']}) "
+              f"| {100 * row['checkpoint_fraction']:.2f}% ({100 * row['resume_checkpoint_fraction']:.2f}%; "
+              f"{100 * row['learned_parameter_fraction']:.2f}%) |")
     print(f"* {first['peak_memory_measure']}; MB = 2^20 bytes. Steps: forward, loss, backward, optimizer step "
           f"on random 224x224 images ({first['steps']} timed after 1 warm-up).\n"
-          "Checkpoint: the file the trainer writes (learned parameters in fp32 plus the optimizer's state: "
-          "SGD one momentum, Adam two moments per parameter). "
-          "Whole model: the state_dict of the whole model (frozen CLIP image and text towers plus the prompt "
-          "learner) in the official PREC's dtype, what the official save_model writes; the official file also "
-          "holds its optimizer state, the per-class frozen prompt embeddings and HiCroPL's teacher image tower, "
-          "but not CLIP's token embedding table, which is counted here.")
+          "Checkpoint: the file a finished run keeps (the learned parameters in fp32); a resume point, written "
+          "every TRAIN.CHECKPOINT_FREQ epochs when asked for, adds the optimizer's state (SGD one momentum, Adam "
+          "two moments per parameter). Official file: the tensors the official save_model writes with the same "
+          f"config, in {first['official_checkpoint_dtype']} (the official PREC): the modules it saves, the "
+          "per-class frozen prompt embeddings (token_prefix/suffix) and the optimizer's moments. Learned "
+          "parameters alone: their size in the official dtype, the floor for any file that keeps them.")
 
 
 def main(argv=None):

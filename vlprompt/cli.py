@@ -10,6 +10,7 @@ import sys
 import torch
 
 from vlprompt.config import ConfigError, ConfigTypeError, get_cfg_default, merge_from_file, merge_from_list
+from vlprompt.engine import checkpoint as ckpt
 from vlprompt.engine import distributed as dist_utils
 from vlprompt.utils.logger import close_logger, collect_versions, setup_logger, write_json_atomic
 from vlprompt.utils.registry import RegistryError
@@ -94,6 +95,8 @@ def run(args) -> int:
         raise FileExistsError(
             f"{cfg.OUTPUT_DIR} already holds results of another run ({earlier[0]}); nothing was changed. "
             f"Pass --resume {cfg.OUTPUT_DIR} to continue that run, or choose another --output-dir.")
+    if cfg.RESUME and not args.eval_only:
+        ckpt.check_resumable(cfg.RESUME, cfg.OPTIM.MAX_EPOCH)
     # torchrun: join the process group; only the first process logs and writes files
     distributed = dist_utils.init_from_env(cfg.DEVICE, cfg.USE_CUDA)
     main_process = dist_utils.is_main_process()

@@ -68,6 +68,26 @@ def latest_checkpoint(save_dir: str):
     return path if os.path.isfile(path) else None
 
 
+def refuse_training_past_the_end(path: str, state: dict, max_epoch: int) -> None:
+    """A checkpoint written when training finished holds no optimizer state: it cannot train on to more epochs."""
+    if state.get("training_finished") and state.get("max_epoch") != max_epoch:
+        raise ValueError(
+            f"{path} was written when training finished (epoch {state['epoch']} of OPTIM.MAX_EPOCH "
+            f"{state.get('max_epoch')}) and holds only the weights, not the optimizer state needed to train on "
+            f"to OPTIM.MAX_EPOCH {max_epoch}; nothing was changed. Train in a new output directory instead.")
+
+
+def check_resumable(directory: str, max_epoch: int) -> None:
+    """refuse_training_past_the_end for every model's latest checkpoint under directory (before any file of the
+    run is touched)."""
+    if not os.path.isdir(directory):
+        return
+    for name in sorted(os.listdir(directory)):
+        path = latest_checkpoint(os.path.join(directory, name))
+        if path:
+            refuse_training_past_the_end(path, load_checkpoint(path), max_epoch)
+
+
 def rng_state() -> dict:
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
