@@ -1,6 +1,7 @@
 """Every precision mode (PREC fp32 | fp16 | amp | bf16) on a CPU, where the CPU supports it, and the stop on
-a non-finite loss naming the step and the precision. fp16 weights and amp run on CUDA only: on a CPU they
-fall back to fp32 with a log line (tested here); their CUDA tests are skipped without a GPU."""
+a non-finite loss naming the step and the precision. In a run on a CPU, fp16 weights and amp fall back to fp32
+with a log line (tested here); amp's autocast and grad scaler are also tested on the CPU where it has fp16
+autocast, and fp16 weights on CUDA only (skipped without a GPU)."""
 import os
 
 import pytest
@@ -33,6 +34,14 @@ def bf16_supported():
     try:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             return (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    except RuntimeError:
+        return False
+
+
+def fp16_autocast_supported():
+    try:
+        with torch.autocast("cpu", dtype=torch.float16):
+            return (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float16
     except RuntimeError:
         return False
 
@@ -84,6 +93,47 @@ def test_bf16_run_stops_on_nan_naming_step_and_precision(tmp_path, capsys, monke
     assert sorted(os.listdir(out / "prompt_learner")) == ["checkpoint", "model.pth.tar-1"]
     state = torch.load(out / "prompt_learner/model.pth.tar-1", weights_only=False)
     assert state["epoch"] == 1 and torch.isfinite(state["state_dict"]["ctx"]).all()
+
+
+@pytest.mark.skipif(not fp16_autocast_supported(), reason="this CPU has no float16 autocast")
+def test_amp_on_cpu_autocasts_scales_and_skips_non_finite_steps(tiny_clip, tokenizer):
+    """amp's mechanics on the CPU (a run falls back to fp32 there; half_on_cpu keeps amp): fp16 matmuls under
+    autocast, fp32 parameters, steps whose scaled fp16 gradients overflow skipped with the scale halved, and the
+    step taken equal, up to fp16 rounding, to SGD on the fp32 gradient."""
+    import copy
+
+    prec = Precision("amp", torch.device("cpu"), half_on_cpu=True)
+    assert prec.name == "amp" and prec.scaler is not None and prec.weight_dtype == torch.float32
+    with prec.autocast():
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float16
+    torch.manual_seed(0)
+    model = CoOpModel(copy.deepcopy(tiny_clip), tokenizer, CLASSES, get_cfg_default().TRAINER.COOP)
+    ctx = model.prompt_learner.ctx
+    opt = torch.optim.SGD([ctx], lr=1.0)
+    images, labels = torch.randn(2, 3, 224, 224), torch.tensor([0, 1])
+
+    def loss_fn():
+        with prec.autocast():
+            return F.cross_entropy(model(images).float(), labels)
+
+    for _ in range(40):
+        before, scale = ctx.detach().clone(), prec.scaler.get_scale()
+        grad, = torch.autograd.grad(F.cross_entropy(model(images), labels), ctx)  # fp32, unscaled
+        prec.backward_and_step(loss_fn(), opt)
+        if not torch.equal(ctx, before):
+            break
+        assert prec.scaler.get_scale() == scale / 2  # overflow: step skipped, scale halved
+    else:
+        pytest.fail("the grad scaler never took a step")
+    assert ctx.dtype == torch.float32 and prec.scaler.get_scale() == scale
+    # SGD on the unscaled gradient, up to fp16 rounding (about 1e-3 of the largest entry)
+    torch.testing.assert_close(before - ctx.detach(), grad, rtol=0, atol=5e-3 * grad.abs().max().item())
+
+    before = ctx.detach().clone()
+    with prec.autocast():
+        loss = model(images).float().sum() * float("inf")
+    prec.backward_and_step(loss, opt)
+    assert torch.equal(ctx, before) and prec.scaler.get_scale() == scale / 2  # inf gradients: skipped
 
 
 @pytest.mark.skipif(not CUDA, reason="fp16 weights need CUDA: on a CPU PREC fp16 runs in fp32 (tested above), "

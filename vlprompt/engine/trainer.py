@@ -37,14 +37,15 @@ def resolve_device(name: str, use_cuda: bool = True) -> torch.device:
 
 class Precision:
     """fp32 | fp16 (frozen CLIP in half precision, the official default) | amp (fp16 autocast + grad scaler)
-    | bf16 (autocast). On a CPU fp16 and amp fall back to fp32: half-precision matmuls there are slow or missing."""
+    | bf16 (autocast). On a CPU fp16 and amp fall back to fp32 (half_on_cpu=False): half-precision matmuls there
+    are slow or missing on most CPUs."""
 
     CHOICES = ("fp32", "fp16", "amp", "bf16")
 
-    def __init__(self, prec: str, device: torch.device):
+    def __init__(self, prec: str, device: torch.device, half_on_cpu: bool = False):
         if prec not in self.CHOICES:
             raise ValueError(f"Unknown precision '{prec}'; choose one of {', '.join(self.CHOICES)}")
-        if device.type == "cpu" and prec in ("fp16", "amp"):
+        if device.type == "cpu" and prec in ("fp16", "amp") and not half_on_cpu:
             print(f"Precision {prec} is not used on a CPU device: running in fp32")
             prec = "fp32"
         self.name, self.device = prec, device
