@@ -316,7 +316,9 @@ def main(argv=None):
                    help="keep the trainers' checkpoints in this folder (default: a temporary folder, removed)")
     p.add_argument("--quick", action="store_true",
                    help="50 classes, test batches of 10, 2 repeats; training: batches of 2, 2 timed steps")
-    p.add_argument("--json", default="", help="also write the results to this JSON file")
+    p.add_argument("--training-only", action="store_true",
+                   help="skip the text-encoder and evaluation measurements (e.g. to time one trainer on its own)")
+    p.add_argument("--json", default="", help="also write the results to this JSON file (after each section)")
     args = p.parse_args(argv)
     if args.quick:
         args.classes, args.batch_size, args.repeats = 50, 10, 2
@@ -332,14 +334,34 @@ def main(argv=None):
 
     print(f"Building a randomly initialised {args.backbone} on {device} ...")
     cpu_clip = load_clip(args.backbone, random_weights=True)  # the trainers get copies of it
+    results = {"device": str(device), "classes": args.classes, "backbone": args.backbone, "quick": args.quick,
+               "torch_threads": torch.get_num_threads()}
+    if not args.training_only:
+        results.update(measure_text_and_evaluation(cpu_clip, args, device))
+        print_speed_table(results, args, device)
+        write_json(results, args.json)  # each section is kept as soon as it is measured
+    if trainer_names:
+        results.update(measure_training(cpu_clip, trainer_names, args, device))
+        print_training_table(results["training"], args.classes, device)
+        write_json(results, args.json)
+    return results
+
+
+def write_json(results, path):
+    if path:
+        with open(path, "w") as f:
+            json.dump(results, f, indent=2)
+        print(f"Wrote {path}")
+
+
+def measure_text_and_evaluation(cpu_clip, args, device):
     clip_model = copy.deepcopy(cpu_clip).to(device)
     tokenizer = get_tokenizer("ViT-B/16")
     cfg = get_cfg_default().TRAINER.COOP  # CoOp's defaults: 16 learnable context tokens
     model = CoOpModel(clip_model, tokenizer, class_names(args.classes), cfg).to(device).eval()
     template = model.prompt_learner.template
     full_tokens = tokenizer([f"{template.prefix} {n}." for n in template.classnames]).to(device)
-    results = {"device": str(device), "classes": args.classes, "backbone": args.backbone, "quick": args.quick,
-               "torch_threads": torch.get_num_threads()}
+    results = {}
 
     # 1. Text encoder: full 77 positions vs truncated to the longest EOT, for CoOp's 16-token context
     #    prompts and for zero-shot CLIP's "a photo of a {}." prompts.
@@ -384,8 +406,33 @@ def main(argv=None):
     results["eval_cache_speedup"] = ev["median"]
     del model, clip_model, batch, state
     gc.collect()
+    return results
 
-    # 3. Training: each trainer built from its official config, stepped on random images.
+
+def print_speed_table(results, args, device):
+    text_rows, ev = results["text_truncation"], results["eval_cache"]
+    cache_only = ev["cache_only"]
+    print()
+    print(f"| measurement ({args.classes} classes, {device}) | naive | vlprompt | speedup (median, range) |")
+    print("| --- | --- | --- | --- |")
+    for label, text in text_rows.items():
+        print(f"| text encoder, {label}: {text['positions'][0]} vs {text['positions'][1]} positions "
+              f"| {text['slow_s']:.3f} s | {text['fast_s']:.3f} s "
+              f"| {text['median']:.2f}x ({text['min']:.2f}-{text['max']:.2f}) |")
+    print(f"| evaluation per image ({args.eval_images:,} images, batches of {args.batch_size}): full-length "
+          f"text per batch (official) vs truncated once | {1000 * ev['slow_s']:.1f} ms | {1000 * ev['fast_s']:.1f} ms "
+          f"| {ev['median']:.2f}x ({ev['min']:.2f}-{ev['max']:.2f}) |")
+    print(f"| of which the caching alone: truncated text per batch vs once | {1000 * cache_only['slow_s']:.1f} ms "
+          f"| {1000 * cache_only['fast_s']:.1f} ms | {cache_only['median']:.2f}x "
+          f"({cache_only['min']:.2f}-{cache_only['max']:.2f}) |")
+    print(f"(one text pass over {args.classes} classes: {ev['text_full_s']:.2f} s full length, {ev['text_s']:.2f} s "
+          f"truncated; one test batch of images: {ev['batch_s']:.2f} s)")
+    worst = max(t["max_abs_diff"] for t in text_rows.values())
+    print(f"\nTruncated text features differ from full-length ones by at most {worst:.2e}.", flush=True)
+
+
+def measure_training(cpu_clip, trainer_names, args, device):
+    """3. Training: each trainer built from its official config, stepped on random images."""
     training = {}
     workdir = args.checkpoint_dir or tempfile.mkdtemp(prefix="vlprompt-benchmark-")
     os.makedirs(workdir, exist_ok=True)
@@ -405,35 +452,11 @@ def main(argv=None):
         if not args.checkpoint_dir:
             shutil.rmtree(workdir, ignore_errors=True)
             for row in training.values():
-                row["checkpoint_path"] = None  # removed with the temporary folder
-    results["training"] = training
+                row["checkpoint_path"] = row["resume_checkpoint_path"] = None  # removed with the temporary folder
+    results = {"training": training}
     for key, field in (("train_images_per_s", "images_per_s"), ("train_step_s", "step_s"),
                        ("peak_memory_mb", "peak_memory_mb"), ("checkpoint_fraction", "checkpoint_fraction")):
         results[key] = {name: row[field] for name, row in training.items()}
-
-    print()
-    print(f"| measurement ({args.classes} classes, {device}) | naive | vlprompt | speedup (median, range) |")
-    print("| --- | --- | --- | --- |")
-    for label, text in text_rows.items():
-        print(f"| text encoder, {label}: {text['positions'][0]} vs {text['positions'][1]} positions "
-              f"| {text['slow_s']:.3f} s | {text['fast_s']:.3f} s "
-              f"| {text['median']:.2f}x ({text['min']:.2f}-{text['max']:.2f}) |")
-    print(f"| evaluation per image ({args.eval_images:,} images, batches of {args.batch_size}): full-length "
-          f"text per batch (official) vs truncated once | {1000 * ev['slow_s']:.1f} ms | {1000 * ev['fast_s']:.1f} ms "
-          f"| {ev['median']:.2f}x ({ev['min']:.2f}-{ev['max']:.2f}) |")
-    print(f"| of which the caching alone: truncated text per batch vs once | {1000 * cache_only['slow_s']:.1f} ms "
-          f"| {1000 * cache_only['fast_s']:.1f} ms | {cache_only['median']:.2f}x "
-          f"({cache_only['min']:.2f}-{cache_only['max']:.2f}) |")
-    print(f"(one text pass over {args.classes} classes: {ev['text_full_s']:.2f} s full length, {ev['text_s']:.2f} s "
-          f"truncated; one test batch of images: {ev['batch_s']:.2f} s)")
-    worst = max(t["max_abs_diff"] for t in text_rows.values())
-    print(f"\nTruncated text features differ from full-length ones by at most {worst:.2e}.")
-    if training:
-        print_training_table(training, args.classes, device)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
-        print(f"Wrote {args.json}")
     return results
 
 
