@@ -33,6 +33,53 @@ def test_truncated_text_equals_full_length(tiny_clip, tokenizer):
     torch.testing.assert_close(short, full, rtol=1e-5, atol=1e-5)
 
 
+def test_length_groups_run_the_fewest_positions():
+    """The split equals the best of every split into at most 4 groups of consecutive lengths (brute force)."""
+    import itertools
+
+    from vlprompt.clip.encoders import length_groups
+
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(30):
+        lengths = torch.randint(3, 40, (int(torch.randint(1, 60, (1,), generator=gen)),), generator=gen)
+        groups = length_groups(lengths, max_groups=4, min_saving=0)
+        rows = torch.cat([r for r, _ in groups])
+        assert sorted(rows.tolist()) == list(range(len(lengths)))  # every row once
+        assert all(int(lengths[r].max()) == length for r, length in groups)
+        cost = sum(len(r) * length for r, length in groups)
+        values = sorted(set(lengths.tolist()))
+        best = min(
+            sum(sum(int((lengths == v).sum()) for v in part) * max(part)
+                for part in (values[a:b] for a, b in zip((0, *cuts), (*cuts, len(values)))))
+            for k in range(min(4, len(values)))
+            for cuts in itertools.combinations(range(1, len(values)), k))
+        assert cost == best
+    # a split that saves under min_saving of the positions is not worth the extra passes
+    assert len(length_groups(torch.tensor([10] * 20 + [11]), min_saving=0.1)) == 1
+    assert len(length_groups(torch.tensor([5] * 20 + [30]), min_saving=0.1)) == 2
+
+
+def test_prompts_grouped_by_length_equal_one_pass(tiny_clip, tokenizer):
+    """Prompts of different lengths run in length groups give the features and gradients of one full-length pass,
+    per-row deep prompts included."""
+    text_enc = PromptedTextEncoder(tiny_clip)
+    texts = [f"a photo of a {'very ' * (i % 7)}{'golden ' * (i % 3)}dog." for i in range(24)]
+    tokens = tokenizer(texts)
+    eot = tokens.argmax(-1)
+    assert len(set(eot.tolist())) > 4
+    embeddings = text_enc.embed(tokens).detach().requires_grad_(True)
+    deep = torch.randn(24, 2, text_enc.width, requires_grad=True)
+    outs, grads = [], []
+    for truncate in (True, False):
+        out = text_enc(embeddings, eot, deep_prompts=[None, deep, deep], truncate=truncate)
+        grads.append(torch.autograd.grad(out.pow(2).sum(), [embeddings, deep]))
+        outs.append(out)
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-5)
+    for grouped, full in zip(*grads):
+        assert full.abs().max() > 0
+        torch.testing.assert_close(grouped, full, rtol=0, atol=1e-5 * full.abs().max().item())
+
+
 def _block_inputs(encoder, *args, **kwargs):
     seen = []
 

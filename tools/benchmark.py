@@ -30,6 +30,7 @@ import time
 from unittest import mock
 
 import torch
+from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 
 TOOLS = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(TOOLS)
@@ -38,6 +39,7 @@ sys.path.insert(0, TOOLS)
 
 import vlprompt.trainers  # noqa: E402  registers the trainers and their config keys
 from vlprompt.clip import get_tokenizer, load_clip  # noqa: E402
+from vlprompt.clip.encoders import length_groups  # noqa: E402
 from vlprompt.clip.text_prompt import ClassPromptTemplate  # noqa: E402
 from vlprompt.config import get_cfg_default  # noqa: E402
 from vlprompt.data.base import DatasetBase, Datum  # noqa: E402
@@ -49,13 +51,10 @@ from sweep import config_file  # noqa: E402
 
 logging.getLogger().setLevel(logging.ERROR)
 
-WORDS = ["golden", "retriever", "sports", "car", "red", "wine", "lesser", "panda", "steel", "arch", "bridge",
-         "common", "newt", "water", "ouzel", "great", "white", "shark", "tree", "frog", "space", "shuttle"]
-
-
 def class_names(n):
-    """ImageNet-like names of 1-3 words."""
-    return [" ".join(WORDS[(i * 7 + k * 3) % len(WORDS)] for k in range(1 + i % 3)) + f" {i}" for i in range(n)]
+    """ImageNet's class names (open_clip's list, as CLIP's zero-shot evaluation uses them), then numbered
+    made-up ones beyond 1000."""
+    return list(IMAGENET_CLASSNAMES[:n]) + [f"made-up class {i}" for i in range(len(IMAGENET_CLASSNAMES), n)]
 
 
 def sync(device):
@@ -377,7 +376,10 @@ def measure_text_and_evaluation(cpu_clip, args, device):
                 "truncated": lambda: enc.encode_tokens(tokens, truncate=True),
             }, args.repeats, device)
         row = ratio_summary(times["full"], times["truncated"])
+        groups = length_groups(tokens.argmax(-1) + 1)  # how the encoder splits them
         row["positions"] = [tokens.shape[1], int(tokens.argmax(-1).max()) + 1]
+        row["mean_positions_run"] = sum(len(rows) * length for rows, length in groups) / len(tokens)
+        row["length_groups"] = len(groups)
         row["max_abs_diff"] = float((full - short).abs().max())
         text_rows[label] = row
     results["text_truncation"] = text_rows
@@ -416,7 +418,9 @@ def print_speed_table(results, args, device):
     print(f"| measurement ({args.classes} classes, {device}) | naive | vlprompt | speedup (median, range) |")
     print("| --- | --- | --- | --- |")
     for label, text in text_rows.items():
-        print(f"| text encoder, {label}: {text['positions'][0]} vs {text['positions'][1]} positions "
+        print(f"| text encoder, {label}: {text['positions'][0]} positions vs up to each prompt's EOT (longest "
+              f"{text['positions'][1]}; {text['mean_positions_run']:.1f} run on average in {text['length_groups']} "
+              f"length groups) "
               f"| {text['slow_s']:.3f} s | {text['fast_s']:.3f} s "
               f"| {text['median']:.2f}x ({text['min']:.2f}-{text['max']:.2f}) |")
     print(f"| evaluation per image ({args.eval_images:,} images, batches of {args.batch_size}): full-length "

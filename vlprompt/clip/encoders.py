@@ -70,6 +70,50 @@ def attention_probs(block, x: torch.Tensor, rows, cols, attn_mask: Optional[torc
     return scores.softmax(dim=-1)[..., cols].mean(dim=1)
 
 
+def length_groups(lengths: torch.Tensor, max_groups: int = 4, min_saving: float = 0.1):
+    """Split rows of sequence lengths `lengths` [N] into at most `max_groups` groups of similar length, each run
+    up to its own longest row: the split that runs the fewest positions in all (sum over groups of rows x
+    longest length; a small dynamic programme over the distinct lengths). A single group unless splitting runs
+    at least `min_saving` fewer positions, since every group is one more pass through the tower.
+    Returns [(row indices, length)] in order of length."""
+    values, inverse, counts = torch.unique(lengths.cpu(), return_inverse=True, return_counts=True)
+    values, counts = values.tolist(), counts.tolist()
+    u = len(values)
+    # best[k][j]: fewest positions covering the j shortest distinct lengths with k groups; cut[k][j]: last start
+    inf = float("inf")
+    best = [[inf] * (u + 1) for _ in range(max_groups + 1)]
+    cut = [[0] * (u + 1) for _ in range(max_groups + 1)]
+    best[0][0] = 0
+    for k in range(1, max_groups + 1):
+        for j in range(1, u + 1):
+            rows = 0
+            for i in range(j, 0, -1):  # the group holds distinct lengths i-1 .. j-1, longest values[j-1]
+                rows += counts[i - 1]
+                cost = best[k - 1][i - 1] + rows * values[j - 1]
+                if cost < best[k][j]:
+                    best[k][j], cut[k][j] = cost, i - 1
+    k = min(range(1, max_groups + 1), key=lambda g: best[g][u])
+    if best[k][u] > (1 - min_saving) * best[1][u]:
+        k = 1
+    bounds, j = [], u
+    while j > 0:
+        bounds.append((cut[k][j], j))
+        j, k = cut[k][j], k - 1
+    inverse = inverse.to(lengths.device)
+    groups = []
+    for start, end in reversed(bounds):
+        rows = ((inverse >= start) & (inverse < end)).nonzero().squeeze(1)
+        groups.append((rows, values[end - 1]))
+    return groups
+
+
+def _rows_of(deep_prompts, rows):
+    """Deep prompts for a subset of the rows: per-row prompts [N, n, d] are indexed, shared ones [n, d] kept."""
+    if deep_prompts is None:
+        return None
+    return [p[rows] if p is not None and p.dim() == 3 else p for p in deep_prompts]
+
+
 class PromptedTextEncoder(nn.Module):
     """CLIP's text tower (frozen) taking token embeddings, so methods can put learnable context in them."""
 
@@ -111,10 +155,24 @@ class PromptedTextEncoder(nn.Module):
     ) -> torch.Tensor:
         """Text features [N, embed_dim] from input embeddings [N, L, d] and EOT positions [N].
 
-        truncate: run only up to the last EOT position. Exact: the causal mask keeps every EOT output
-        independent of later positions.
+        truncate: run each prompt only up to its EOT position: prompts are grouped by length (length_groups)
+        and each group runs up to its own longest EOT. Exact: the causal mask keeps every EOT output
+        independent of later positions. With a hook (which may look at the whole batch, as BMIP's does) all
+        prompts run together up to the last EOT.
         """
-        length = int(eot_index.max()) + 1 if truncate else embeddings.shape[1]
+        if not truncate:
+            return self._run(embeddings, eot_index, embeddings.shape[1], deep_prompts, hook)
+        if hook is not None:
+            return self._run(embeddings, eot_index, int(eot_index.max()) + 1, deep_prompts, hook)
+        groups = length_groups(eot_index + 1)
+        if len(groups) == 1:
+            return self._run(embeddings, eot_index, groups[0][1], deep_prompts, hook)
+        features = [self._run(embeddings[rows], eot_index[rows], length, _rows_of(deep_prompts, rows), hook)
+                    for rows, length in groups]
+        order = torch.cat([rows for rows, _ in groups])
+        return torch.cat(features)[torch.argsort(order)]
+
+    def _run(self, embeddings, eot_index, length, deep_prompts, hook):
         x = embeddings[:, :length].to(self.dtype) + self.positional_embedding[:length]
         mask = self.attn_mask[:length, :length] if self.attn_mask is not None else None
         x = _run_blocks(self.transformer, x, replace_text_prompts, deep_prompts, hook, mask)
