@@ -30,18 +30,10 @@ def run(data_root, out, prec, epochs=1, *extra):
                      *extra])
 
 
-def bf16_supported():
+def cpu_autocast_supported(dtype):
     try:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            return (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
-    except RuntimeError:
-        return False
-
-
-def fp16_autocast_supported():
-    try:
-        with torch.autocast("cpu", dtype=torch.float16):
-            return (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float16
+        with torch.autocast("cpu", dtype=dtype):
+            return (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == dtype
     except RuntimeError:
         return False
 
@@ -75,7 +67,7 @@ def test_half_modes_fall_back_to_fp32_on_cpu_with_a_log_line(tmp_path, prec):
     assert f"Precision {prec} is not used on a CPU device: running in fp32" in log
 
 
-@pytest.mark.skipif(not bf16_supported(), reason="this CPU has no bfloat16 autocast")
+@pytest.mark.skipif(not cpu_autocast_supported(torch.bfloat16), reason="this CPU has no bfloat16 autocast")
 def test_bf16_run_stops_on_nan_naming_step_and_precision(tmp_path, capsys, monkeypatch):
     original = CLIPPromptTrainer.model_loss
 
@@ -95,7 +87,7 @@ def test_bf16_run_stops_on_nan_naming_step_and_precision(tmp_path, capsys, monke
     assert state["epoch"] == 1 and torch.isfinite(state["state_dict"]["ctx"]).all()
 
 
-@pytest.mark.skipif(not fp16_autocast_supported(), reason="this CPU has no float16 autocast")
+@pytest.mark.skipif(not cpu_autocast_supported(torch.float16), reason="this CPU has no float16 autocast")
 def test_amp_on_cpu_autocasts_scales_and_skips_non_finite_steps(tiny_clip, tokenizer):
     """amp's mechanics on the CPU (a run falls back to fp32 there; half_on_cpu keeps amp): fp16 matmuls under
     autocast, fp32 parameters, steps whose scaled fp16 gradients overflow skipped with the scale halved, and the

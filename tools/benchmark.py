@@ -223,7 +223,7 @@ def official_checkpoint_bytes(name, trainer, clip_model):
     elements = (learned * (1 + moments) + prompt_buffers + (frozen if "whole model" in saved else 0)
                 + (teacher if "teacher" in saved else 0))
     dtype = OFFICIAL_WEIGHT_DTYPE[trainer.method_cfg.PREC]
-    return elements * dtype.itemsize, str(dtype).replace("torch.", "")
+    return elements * dtype.itemsize, dtype
 
 
 def checkpoint_sizes(trainer, directory):
@@ -256,15 +256,15 @@ def benchmark_trainer(name, clip_model, args, classnames, device, workdir):
            "images_per_s": batch_size / step_s, "peak_memory_mb": peak_mb, "peak_memory_measure": memory_what,
            "checkpoint_path": sizes["final"][0], "checkpoint_bytes": sizes["final"][1],
            "resume_checkpoint_path": sizes["resume"][0], "resume_checkpoint_bytes": sizes["resume"][1],
-           "official_checkpoint_bytes": official_bytes, "official_checkpoint_dtype": official_dtype,
+           "official_checkpoint_bytes": official_bytes,
+           "official_checkpoint_dtype": str(official_dtype).replace("torch.", ""),
            "official_checkpoint_holds": OFFICIAL_SAVED_MODULES[name],
            "checkpoint_fraction": sizes["final"][1] / official_bytes,
            "resume_checkpoint_fraction": sizes["resume"][1] / official_bytes,
            "learned_parameters": sum(p.numel() for p in learned),
            "learned_parameter_bytes": sum(p.numel() * p.element_size() for p in learned)}
     # the parameters alone in the official weight dtype: a floor for any checkpoint that keeps them all
-    official_itemsize = OFFICIAL_WEIGHT_DTYPE[trainer.method_cfg.PREC].itemsize
-    row["learned_parameter_fraction"] = row["learned_parameters"] * official_itemsize / official_bytes
+    row["learned_parameter_fraction"] = row["learned_parameters"] * official_dtype.itemsize / official_bytes
     del trainer
     gc.collect()
     if device.type == "cuda":

@@ -128,6 +128,7 @@ class PromptedTextEncoder(nn.Module):
         self.text_projection = clip_model.text_projection
         self.register_buffer("attn_mask", clip_model.attn_mask, persistent=False)
         self.context_length = clip_model.context_length
+        self._groups_of = None  # (eot_index, its version, length_groups of it): see _length_groups
 
     @property
     def width(self) -> int:
@@ -164,13 +165,21 @@ class PromptedTextEncoder(nn.Module):
             return self._run(embeddings, eot_index, embeddings.shape[1], deep_prompts, hook)
         if hook is not None:
             return self._run(embeddings, eot_index, int(eot_index.max()) + 1, deep_prompts, hook)
-        groups = length_groups(eot_index + 1)
+        groups = self._length_groups(eot_index)
         if len(groups) == 1:
             return self._run(embeddings, eot_index, groups[0][1], deep_prompts, hook)
         features = [self._run(embeddings[rows], eot_index[rows], length, _rows_of(deep_prompts, rows), hook)
                     for rows, length in groups]
         order = torch.cat([rows for rows, _ in groups])
         return torch.cat(features)[torch.argsort(order)]
+
+    def _length_groups(self, eot_index):
+        """length_groups of the EOT positions, kept for the tensor they came from: a template's eot_index is the
+        same at every training step and evaluation, and splitting it anew would cost a device sync each time."""
+        cached = self._groups_of
+        if cached is None or cached[0] is not eot_index or cached[1] != eot_index._version:
+            cached = self._groups_of = (eot_index, eot_index._version, length_groups(eot_index + 1))
+        return cached[2]
 
     def _run(self, embeddings, eot_index, length, deep_prompts, hook):
         x = embeddings[:, :length].to(self.dtype) + self.positional_embedding[:length]
