@@ -30,3 +30,7 @@ def tokenizer():
     from vlprompt.clip import get_tokenizer
 
     return get_tokenizer("vlprompt-tiny")
+
+
+# The trainers register their config keys on import, as the CLI does (vlprompt.config never imports them).
+import vlprompt.trainers  # noqa: E402,F401

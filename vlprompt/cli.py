@@ -9,6 +9,7 @@ import sys
 
 import torch
 
+import vlprompt.trainers  # noqa: F401  (registers every trainer and its config keys)
 from vlprompt.config import ConfigError, ConfigTypeError, get_cfg_default, merge_from_file, merge_from_list
 from vlprompt.engine import checkpoint as ckpt
 from vlprompt.engine import distributed as dist_utils

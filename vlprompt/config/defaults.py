@@ -295,19 +295,11 @@ def register_config_extension(fn):
     return fn
 
 
-def _import_trainers():
-    # Trainer modules register their extensions on import. A checkout without the package must still
-    # give the base config; an ImportError raised inside the package is a real bug and propagates.
-    try:
-        import vlprompt.trainers  # noqa: F401
-    except ModuleNotFoundError as e:
-        if e.name != "vlprompt.trainers":
-            raise
-
-
 def get_cfg_default():
-    """A fresh, unfrozen copy of the defaults with every registered trainer extension applied."""
-    _import_trainers()
+    """A fresh, unfrozen copy of the defaults with every registered trainer extension applied.
+
+    Trainers register their keys when they are imported; entry points (the CLI, tools) import
+    ``vlprompt.trainers`` first, so this module never needs to know them."""
     cfg = _C.clone()
     for extend in _CONFIG_EXTENSIONS:
         extend(cfg)

@@ -171,6 +171,13 @@ class TrainerBase:
         trainable = {n for n, p in module.named_parameters() if p.requires_grad}
         return OrderedDict((k, v.detach().cpu()) for k, v in module.state_dict().items() if k in trainable)
 
+    def checkpoint_extras(self):
+        """Extra training state a resume point keeps (e.g. PromptSRC's running weight average); None: nothing."""
+        return None
+
+    def load_checkpoint_extras(self, extras):
+        """Restore what checkpoint_extras() returned, when resuming."""
+
     def map_checkpoint_key(self, name: str, key: str):
         """Hook for trainers to translate official checkpoint keys; None drops the key."""
         return key
@@ -221,6 +228,9 @@ class TrainerBase:
                 state.update(optimizer=optim.state_dict() if optim is not None else None,
                              scheduler=sched.state_dict() if sched is not None else None,
                              rng_state=ckpt.rng_state())
+                extras = self.checkpoint_extras()
+                if extras is not None:
+                    state["extras"] = extras
             elif finished:
                 state.update(training_finished=True, max_epoch=self.max_epoch)
             ckpt.save_checkpoint(state, os.path.join(directory, name), model_name=model_name)
@@ -244,6 +254,8 @@ class TrainerBase:
                 self._scheds[name].load_state_dict(state["scheduler"])
             if state.get("rng_state"):
                 ckpt.set_rng_state(state["rng_state"])
+            if state.get("extras") is not None:
+                self.load_checkpoint_extras(state["extras"])
             if state.get("best_result") is not None:
                 self.best_result = state["best_result"]
             self.epochs_without_improvement = state.get("epochs_without_improvement", 0)

@@ -46,10 +46,11 @@ def toy_opts(trainer: str = "", config_file: str = "") -> list:
     opts = list(TOY_OPTS)
     if not (trainer and config_file):
         return opts
+    import vlprompt.trainers  # noqa: F401  registers every trainer and its config keys
     from vlprompt.config import get_cfg_default, merge_from_file
     from vlprompt.engine.trainer import TRAINER_REGISTRY
 
-    cfg = get_cfg_default()  # imports every trainer
+    cfg = get_cfg_default()
     merge_from_file(cfg, config_file)
     key = getattr(TRAINER_REGISTRY.get(trainer), "config_key", "")
     node = cfg.TRAINER.get(key) if key else None

@@ -30,8 +30,12 @@ class PromptedCLIP(nn.Module):
     def class_state(self) -> dict:
         raise NotImplementedError
 
-    def logits(self, images: torch.Tensor, state: dict) -> torch.Tensor:
+    def encode_image(self, images: torch.Tensor, state: dict) -> torch.Tensor:
+        """Prompted image features [B, d] (a prompt structure implements it; see trainers/compose.py)."""
         raise NotImplementedError
+
+    def logits(self, images: torch.Tensor, state: dict) -> torch.Tensor:
+        return self.similarity(self.encode_image(images, state), state["text"])
 
     def forward(self, images):
         return self.logits(images, self.class_state())
@@ -151,10 +155,15 @@ class CLIPPromptTrainer(TrainerBase):
         logits = self.model(images).float()
         return logits, F.cross_entropy(logits, labels)
 
+    def parse_batch_train(self, batch):
+        """The tensors model_loss() takes, labels second (an objective may take more, e.g. a second view)."""
+        return self.parse_batch(batch)
+
     def forward_backward(self, batch):
-        images, labels = self.parse_batch(batch)
+        inputs = self.parse_batch_train(batch)
+        labels = inputs[1]
         with self.precision.autocast():
-            logits, loss = self.train_forward(images, labels)  # model_loss, through DDP under torchrun
+            logits, loss = self.train_forward(*inputs)  # model_loss, through DDP under torchrun
         self.check_finite(loss)
         self.precision.backward_and_step(loss, self._optims[self.checkpoint_name])
         acc = (logits.argmax(dim=1) == labels).float().mean().item() * 100.0

@@ -35,7 +35,8 @@ from vlprompt.clip.text_prompt import ClassPromptTemplate, clean_classname, init
 from vlprompt.config import CfgNode, register_config_extension
 from vlprompt.engine.trainer import TRAINER_REGISTRY
 
-from .base import CLIPPromptTrainer, PromptedCLIP, check_depth, prompt_vectors
+from .base import PromptedCLIP, check_depth, prompt_vectors
+from .compose import STRUCTURE_REGISTRY, ComposedTrainer, map_official_key
 
 CONNECT_METHODS = ("None", "add", "atten", "joint")
 TEXT_SCORES = ("row0", "later_tokens")
@@ -154,11 +155,47 @@ class BMIPPromptLearner(nn.Module):
         return torch.sigmoid(linear(scores.unsqueeze(-1)).squeeze(-1))
 
 
+# Official entries that never reach the logits (ctx_v, proj_v, the exchange layers, token buffers).
+_UNUSED_OFFICIAL = ("ctx_v", "proj_v.", "exchange_layer_v.", "exchange_layer_t.", "compound_exchange_v.",
+                    "compound_exchange_t.", "token_prefix", "token_suffix")
+
+
+@STRUCTURE_REGISTRY.register(name="BMIP")
 class BMIPModel(PromptedCLIP):
+    """The BMIP prompt structure (attention-weighted bi-directional mixing of the two towers' prompts)."""
+
+    config_key = "BMIP"
+
     def __init__(self, clip_model, tokenizer, classnames, c, share_visual=True, share_text=True):
         super().__init__(clip_model)
         self.prompt_learner = BMIPPromptLearner(self.text_encoder, self.image_encoder, tokenizer, classnames, c,
                                                 share_visual, share_text)
+
+    @classmethod
+    def from_config(cls, clip_model, tokenizer, classnames, node, cfg):
+        share = cfg.SHARE
+        return cls(clip_model, tokenizer, classnames, node, share.SHARE_PARAMETER_VISUAL, share.SHARE_PARAMETER_TEXT)
+
+    @staticmethod
+    def apply_sizes(node, sizes):
+        node.N_CTX, node.PROMPT_DEPTH, node.CTX_INIT = sizes.n_text, sizes.depth, sizes.ctx_init
+
+    @staticmethod
+    def official_key(key, node):
+        """Official whole-model keys -> ours. The per-block Linear(1, 1) weights live in CLIP's blocks there;
+        only the used ones (vision blocks 1..J-1, text blocks 1..J-2) are kept."""
+        depth = node.PROMPT_DEPTH
+        parts = key.split(".")
+        if key.startswith("prompt_learner."):
+            rest = key[len("prompt_learner."):]
+            return None if rest.startswith(_UNUSED_OFFICIAL) else rest
+        for tower, linear, last in (("image_encoder", "learnable_linear1", depth - 1),
+                                    ("text_encoder", "learnable_linear2", depth - 2)):
+            if key.startswith(f"{tower}.transformer.resblocks.") and parts[-2] == linear:
+                block = int(parts[3])
+                mix = "vision_mix" if tower == "image_encoder" else "text_mix"
+                return f"{mix}.{block - 1}.{parts[-1]}" if 1 <= block <= last else None
+        return map_official_key(key, ())
 
     def text_hook(self, layer, x, block):
         pl = self.prompt_learner
@@ -203,38 +240,14 @@ class BMIPModel(PromptedCLIP):
         vision_foreign = [pl.foreign_vision(k) for k in range(pl.depth - 1)]
         return {"text": text, "vision_first": pl.first_vision_prompt(), "vision_foreign": vision_foreign}
 
-    def logits(self, images, state):
-        image = self.image_encoder(images, prompts=state["vision_first"], hook=self.vision_hook(state))
-        return self.similarity(image, state["text"])
-
-
-# Official entries that never reach the logits (ctx_v, proj_v, the exchange layers, token buffers).
-_UNUSED_OFFICIAL = ("ctx_v", "proj_v.", "exchange_layer_v.", "exchange_layer_t.", "compound_exchange_v.",
-                    "compound_exchange_t.", "token_prefix", "token_suffix")
+    def encode_image(self, images, state):
+        return self.image_encoder(images, prompts=state["vision_first"], hook=self.vision_hook(state))
 
 
 @TRAINER_REGISTRY.register()
-class BMIP(CLIPPromptTrainer):
+class BMIP(ComposedTrainer):
+    """BMIP's structure under cross-entropy."""
+
+    structure = "BMIP"
     config_key = "BMIP"
     checkpoint_name = "MultiModalPromptLearner"
-
-    def build_clip_model(self, clip_model, classnames):
-        share = self.cfg.SHARE
-        return BMIPModel(clip_model, self.tokenizer, classnames, self.method_cfg,
-                         share.SHARE_PARAMETER_VISUAL, share.SHARE_PARAMETER_TEXT)
-
-    def map_checkpoint_key(self, name, key):
-        """Official whole-model keys -> ours. The per-block Linear(1, 1) weights live in CLIP's blocks there;
-        only the used ones (vision blocks 1..J-1, text blocks 1..J-2) are kept."""
-        depth = self.method_cfg.PROMPT_DEPTH
-        parts = key.split(".")
-        if key.startswith("prompt_learner."):
-            rest = key[len("prompt_learner."):]
-            return None if rest.startswith(_UNUSED_OFFICIAL) else rest
-        for tower, linear, last in (("image_encoder", "learnable_linear1", depth - 1),
-                                    ("text_encoder", "learnable_linear2", depth - 2)):
-            if key.startswith(f"{tower}.transformer.resblocks.") and parts[-2] == linear:
-                block = int(parts[3])
-                mix = "vision_mix" if tower == "image_encoder" else "text_mix"
-                return f"{mix}.{block - 1}.{parts[-1]}" if 1 <= block <= last else None
-        return super().map_checkpoint_key(name, key)

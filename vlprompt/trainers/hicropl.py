@@ -26,49 +26,23 @@ Parameter names follow the official CrossModalPromptLearner, so its checkpoints 
 the whole model) load with the frozen parts, the duplicate `ctx` and the teacher dropped.
 """
 import copy
-import hashlib
-import json
-import os
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from open_clip.transformer import QuickGELU
-from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 from torch import nn
 
 from vlprompt.clip import PromptedImageEncoder, PromptedTextEncoder, load_clip
-from vlprompt.clip.text_prompt import ClassPromptTemplate, clean_classname, deep_prompt_context
+from vlprompt.clip.text_prompt import ClassPromptTemplate, deep_prompt_context
 from vlprompt.config import CfgNode, register_config_extension
-from vlprompt.engine.checkpoint import _atomic_torch_save
 from vlprompt.engine.trainer import TRAINER_REGISTRY
 
 from .base import CLIPPromptTrainer, PromptedCLIP, check_depth, prompt_vectors
+from .text_targets import cached_text_targets, class_sentences, find_descriptions  # noqa: F401 (find_descriptions: API)
 from .zsclip import ensemble_text_features
 
 MAPPER_MODES = ("differentiable", "official")
 NUM_HEADS = 8  # of the LKPs and mappers, as officially
-
-# DATASET.NAME -> the file name stem of the official gpt_file/<stem>_prompt.json
-DESCRIPTION_FILE_STEMS = {
-    "Caltech101": "caltech",
-    "DescribableTextures": "dtd",
-    "EuroSAT": "eurosat",
-    "FGVCAircraft": "fgvc",
-    "Food101": "food101",
-    "ImageNet": "imagenet",
-    "ImageNetA": "imagenet_a",
-    "ImageNetR": "imagenet_r",
-    "ImageNetSketch": "imagenet_sketch",
-    "ImageNetV2": "imagenetv2",
-    "OxfordFlowers": "oxford_flowers",
-    "OxfordPets": "oxford_pets",
-    "StanfordCars": "stanford_cars",
-    "SUN397": "sun397",
-    "UCF101": "ucf101",
-}
-OFFICIAL_DESCRIPTIONS_DIR = "gpt_file"  # where the official code reads them, relative to the working folder
-
 
 @register_config_extension
 def add_hicropl_config(cfg):
@@ -256,68 +230,12 @@ class HiCroPLModel(PromptedCLIP):
         return logits, F.cross_entropy(logits, labels) + lambd * (text_term + image_term)
 
 
-def find_descriptions(setting: str, dataset_name: str):
-    """The descriptions file for a dataset, or None for the template fallback; a wrong setting is an error."""
-    stem = DESCRIPTION_FILE_STEMS.get(dataset_name, dataset_name.lower())
-    if not setting:
-        official = Path(OFFICIAL_DESCRIPTIONS_DIR) / f"{stem}_prompt.json"
-        return official if official.is_file() else None
-    path = Path(setting).expanduser()
-    if path.is_dir():
-        path = path / f"{stem}_prompt.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"TRAINER.HICROPL.DESCRIPTIONS: the folder {setting} has no {path.name} for "
-                                    f"{dataset_name}; add it, point the key at a JSON file, or set it to \"\" to use "
-                                    "CLIP's template ensemble")
-    elif not path.is_file():
-        raise FileNotFoundError(f"TRAINER.HICROPL.DESCRIPTIONS: {setting} does not exist (expected a JSON file "
-                                '{"class name": ["sentence", ...]} or a folder of <dataset>_prompt.json files)')
-    return path
-
-
-def class_sentences(classnames, descriptions_file):
-    """Per class, the sentences whose features are averaged: its descriptions, or the 80 CLIP templates."""
-    names = [clean_classname(c) for c in classnames]
-    if descriptions_file is None:
-        return [[template(name) for template in OPENAI_IMAGENET_TEMPLATES] for name in names]
-    try:
-        with open(descriptions_file) as f:
-            descriptions = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"TRAINER.HICROPL.DESCRIPTIONS: {descriptions_file} is not valid JSON ({e})") from e
-    missing = [n for n in names if not descriptions.get(n)]
-    if missing:
-        shown = ", ".join(f"'{n}'" for n in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise ValueError(f"TRAINER.HICROPL.DESCRIPTIONS: {descriptions_file} has no sentences for {shown}; its keys "
-                         "must be the class names (underscores as spaces)")
-    return [list(descriptions[n]) for n in names]
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("VLPROMPT_CACHE", "~/.cache/vlprompt")).expanduser()
-
-
-def _fingerprint(module: nn.Module) -> str:
-    """A digest of a module's weights, so a cache made with other weights is never used."""
-    digest = hashlib.sha256()
-    for name, tensor in module.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().float().cpu().numpy().tobytes())
-    return digest.hexdigest()
-
-
 def teacher_text_features(text_encoder, tokenizer, classnames, descriptions_file, dataset_name) -> torch.Tensor:
     """The fixed class embeddings, cached on disk per dataset, class list, sentences and text-tower weights."""
     sentences = class_sentences(classnames, descriptions_file)
-    key = json.dumps({"weights": _fingerprint(text_encoder), "classes": list(classnames), "sentences": sentences})
-    path = cache_dir() / "hicropl_text" / f"{dataset_name}-{hashlib.sha256(key.encode()).hexdigest()[:20]}.pt"
-    if path.is_file():
-        print(f"HiCroPL: fixed class embeddings from the cache {path}")
-        return torch.load(path, map_location="cpu")
-    features = ensemble_text_features(text_encoder, tokenizer, sentences).cpu()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_torch_save(features, str(path))
-    return features
+    return cached_text_targets(
+        "hicropl_text", dataset_name, text_encoder, {"classes": list(classnames), "sentences": sentences},
+        lambda: ensemble_text_features(text_encoder, tokenizer, sentences), "HiCroPL: fixed class embeddings")
 
 
 @TRAINER_REGISTRY.register()

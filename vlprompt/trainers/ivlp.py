@@ -14,7 +14,8 @@ from vlprompt.clip.text_prompt import ClassPromptTemplate, deep_prompt_context
 from vlprompt.config import CfgNode, register_config_extension
 from vlprompt.engine.trainer import TRAINER_REGISTRY
 
-from .base import CLIPPromptTrainer, PromptedCLIP, check_depth, layer_minus_one, prompt_vectors
+from .base import PromptedCLIP, check_depth, layer_minus_one, prompt_vectors
+from .compose import STRUCTURE_REGISTRY, ComposedTrainer, map_official_key
 
 
 @register_config_extension
@@ -57,25 +58,12 @@ class IVLPPromptLearner(nn.Module):
         self.template = ClassPromptTemplate(text_encoder, tokenizer, classnames, c.N_CTX_TEXT, prefix)
 
 
+@STRUCTURE_REGISTRY.register(name="IVLP")
 class IVLPModel(PromptedCLIP):
-    def __init__(self, clip_model, tokenizer, classnames, c):
-        super().__init__(clip_model)
-        self.prompt_learner = IVLPPromptLearner(self.text_encoder, self.image_encoder, tokenizer, classnames, c)
+    """The IVLP prompt structure (independent deep prompts in both towers)."""
 
-    def class_state(self):
-        pl = self.prompt_learner
-        text = self.text_encoder(pl.template.assemble(pl.ctx), pl.template.eot_index,
-                                 deep_prompts=[None, *pl.text_prompts])
-        return {"text": text}
-
-    def logits(self, images, state):
-        return self.similarity(encode_images(self.image_encoder, images, self.prompt_learner), state["text"])
-
-
-@TRAINER_REGISTRY.register()
-class IVLP(CLIPPromptTrainer):
     config_key = "IVLP"
-    checkpoint_name = "VLPromptLearner"
+    # official whole-model keys (prompts inside the blocks, VLPromptLearner) -> ours
     official_key_map = (
         (r"prompt_learner\.ctx", "ctx"),
         (r"image_encoder\.VPT", "visual_ctx"),
@@ -84,5 +72,38 @@ class IVLP(CLIPPromptTrainer):
         (r"prompt_learner\.(token_prefix|token_suffix)", r"\1"),
     )
 
-    def build_clip_model(self, clip_model, classnames):
-        return IVLPModel(clip_model, self.tokenizer, classnames, self.method_cfg)
+    def __init__(self, clip_model, tokenizer, classnames, c):
+        super().__init__(clip_model)
+        self.prompt_learner = IVLPPromptLearner(self.text_encoder, self.image_encoder, tokenizer, classnames, c)
+
+    @classmethod
+    def from_config(cls, clip_model, tokenizer, classnames, node, cfg):
+        return cls(clip_model, tokenizer, classnames, node)
+
+    @staticmethod
+    def apply_sizes(node, sizes):
+        node.N_CTX_TEXT, node.N_CTX_VISION = sizes.n_text, sizes.n_vision
+        node.PROMPT_DEPTH_TEXT, node.PROMPT_DEPTH_VISION = sizes.depth_text, sizes.depth_vision
+        node.CTX_INIT = sizes.ctx_init
+
+    @classmethod
+    def official_key(cls, key, node):
+        return map_official_key(key, cls.official_key_map)
+
+    def class_state(self):
+        pl = self.prompt_learner
+        text = self.text_encoder(pl.template.assemble(pl.ctx), pl.template.eot_index,
+                                 deep_prompts=[None, *pl.text_prompts])
+        return {"text": text}
+
+    def encode_image(self, images, state):
+        return encode_images(self.image_encoder, images, self.prompt_learner)
+
+
+@TRAINER_REGISTRY.register()
+class IVLP(ComposedTrainer):
+    """IVLP's structure under cross-entropy."""
+
+    structure = "IVLP"
+    config_key = "IVLP"
+    checkpoint_name = "VLPromptLearner"

@@ -16,7 +16,8 @@ from vlprompt.clip.text_prompt import ClassPromptTemplate, deep_prompt_context
 from vlprompt.config import CfgNode, register_config_extension
 from vlprompt.engine.trainer import TRAINER_REGISTRY
 
-from .base import CLIPPromptTrainer, PromptedCLIP, check_depth, prompt_vectors
+from .base import PromptedCLIP, check_depth, prompt_vectors
+from .compose import STRUCTURE_REGISTRY, ComposedTrainer, map_official_key
 
 
 @register_config_extension
@@ -51,26 +52,42 @@ class MultiModalPromptLearner(nn.Module):
         return self.template.assemble(self.ctx), text_deep, self.proj(self.ctx), vision_deep
 
 
+@STRUCTURE_REGISTRY.register(name="MaPLe")
 class MaPLeModel(PromptedCLIP):
+    """The MaPLe prompt structure (text prompts coupled into the vision tower)."""
+
+    config_key = "MAPLE"
+    official_key_map = ((r"prompt_learner\.(.*)", r"\1"),)
+
     def __init__(self, clip_model, tokenizer, classnames, c):
         super().__init__(clip_model)
         self.prompt_learner = MultiModalPromptLearner(self.text_encoder, self.image_encoder, tokenizer, classnames, c)
+
+    @classmethod
+    def from_config(cls, clip_model, tokenizer, classnames, node, cfg):
+        return cls(clip_model, tokenizer, classnames, node)
+
+    @staticmethod
+    def apply_sizes(node, sizes):
+        node.N_CTX, node.PROMPT_DEPTH, node.CTX_INIT = sizes.n_text, sizes.depth, sizes.ctx_init
+
+    @classmethod
+    def official_key(cls, key, node):
+        return map_official_key(key, cls.official_key_map)
 
     def class_state(self):
         embeddings, text_deep, vision_first, vision_deep = self.prompt_learner()
         text = self.text_encoder(embeddings, self.prompt_learner.template.eot_index, deep_prompts=text_deep)
         return {"text": text, "vision_first": vision_first, "vision_deep": vision_deep}
 
-    def logits(self, images, state):
-        image = self.image_encoder(images, prompts=state["vision_first"], deep_prompts=state["vision_deep"])
-        return self.similarity(image, state["text"])
+    def encode_image(self, images, state):
+        return self.image_encoder(images, prompts=state["vision_first"], deep_prompts=state["vision_deep"])
 
 
 @TRAINER_REGISTRY.register()
-class MaPLe(CLIPPromptTrainer):
+class MaPLe(ComposedTrainer):
+    """MaPLe's structure under cross-entropy."""
+
+    structure = "MaPLe"
     config_key = "MAPLE"
     checkpoint_name = "MultiModalPromptLearner"
-    official_key_map = ((r"prompt_learner\.(.*)", r"\1"),)
-
-    def build_clip_model(self, clip_model, classnames):
-        return MaPLeModel(clip_model, self.tokenizer, classnames, self.method_cfg)
