@@ -300,7 +300,7 @@ def test_unknown_transform_and_no_transform():
     cfg.INPUT.TRANSFORMS = ("random_flip", "random_spin")
     with pytest.raises(ValueError, match="random_spin.*Supported: random_flip"):
         build_transform(cfg, is_train=True)
-    cfg.INPUT.TRANSFORMS = ("randaugment",)
+    cfg.INPUT.TRANSFORMS = ("randaugment2",)  # Dassl's "randaugment" is implemented (CoPrompt); its variants are not
     with pytest.raises(ValueError, match="not implemented"):
         build_transform(cfg, is_train=True)
     cfg.INPUT.NO_TRANSFORM = True

@@ -13,6 +13,7 @@ import vlprompt.trainers  # noqa: F401  (registers every trainer and its config 
 from vlprompt.config import ConfigError, ConfigTypeError, get_cfg_default, merge_from_file, merge_from_list
 from vlprompt.engine import checkpoint as ckpt
 from vlprompt.engine import distributed as dist_utils
+from vlprompt.engine.trainer import TRAINER_REGISTRY
 from vlprompt.utils.logger import close_logger, collect_versions, setup_logger, write_json_atomic
 from vlprompt.utils.registry import RegistryError
 from vlprompt.utils.seed import set_random_seed
@@ -62,14 +63,14 @@ def setup_cfg(args):
             node[leaf] = value
     if args.seed is not None:
         cfg.SEED = args.seed
+    if cfg.TRAINER.NAME in TRAINER_REGISTRY:  # per-dataset defaults (CoPrompt's table), which KEY VALUE overrides
+        TRAINER_REGISTRY.get(cfg.TRAINER.NAME).dataset_defaults(cfg, args.model_dir if args.eval_only else "")
     merge_from_list(cfg, args.opts)
     cfg.freeze()
     return cfg
 
 
 def trainer_class(cfg):
-    from vlprompt.engine.trainer import TRAINER_REGISTRY
-
     if not cfg.TRAINER.NAME:
         raise RegistryError(f"No trainer given: pass --trainer (one of {', '.join(TRAINER_REGISTRY.names())})")
     return TRAINER_REGISTRY.get(cfg.TRAINER.NAME)

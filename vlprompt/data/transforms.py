@@ -14,6 +14,8 @@ from torchvision.transforms import (
     RandomGrayscale, RandomHorizontalFlip, RandomResizedCrop, Resize, ToTensor,
 )
 
+from .randaugment import DasslRandAugment
+
 __all__ = ["build_transform", "INTERPOLATION_MODES", "SUPPORTED_TRANSFORMS"]
 
 INTERPOLATION_MODES = {
@@ -24,11 +26,12 @@ INTERPOLATION_MODES = {
 
 SUPPORTED_TRANSFORMS = (
     "random_flip", "random_resized_crop", "normalize", "instance_norm", "random_crop", "random_translation",
-    "center_crop", "cutout", "gaussian_noise", "colorjitter", "randomgrayscale", "gaussian_blur",
+    "center_crop", "cutout", "gaussian_noise", "colorjitter", "randomgrayscale", "gaussian_blur", "randaugment",
 )
-# Dassl names not ported (AutoAugment/RandAugment policies); no CLIP prompt-learning config uses them
+# Dassl names not ported (AutoAugment policies, the other RandAugment variants); no CLIP prompt-learning config
+# uses them
 UNSUPPORTED_DASSL_TRANSFORMS = (
-    "imagenet_policy", "cifar10_policy", "svhn_policy", "randaugment", "randaugment_fixmatch", "randaugment2",
+    "imagenet_policy", "cifar10_policy", "svhn_policy", "randaugment_fixmatch", "randaugment2",
 )
 
 
@@ -143,6 +146,8 @@ def _train_transforms(cfg, choices, size, interpolation, normalize):
         tfms.append(RandomResizedCrop(size, scale=tuple(cfg.INPUT.RRCROP_SCALE), interpolation=interpolation))
     if "random_flip" in choices:
         tfms.append(RandomHorizontalFlip())
+    if "randaugment" in choices:
+        tfms.append(DasslRandAugment(cfg.INPUT.RANDAUGMENT_N, cfg.INPUT.RANDAUGMENT_M))
     if "colorjitter" in choices:
         i = cfg.INPUT
         tfms.append(ColorJitter(brightness=i.COLORJITTER_B, contrast=i.COLORJITTER_C,

@@ -54,6 +54,15 @@ class PromptedCLIP(nn.Module):
 OFFICIAL_FROZEN_PREFIXES = ("image_encoder.", "text_encoder.", "logit_scale", "prompt_learner.ZS_image_encoder.")
 
 
+def map_official_key(key, key_map):
+    """An official whole-model checkpoint key -> ours with (regex, replacement) pairs; the first full match wins.
+    Unmatched keys of the frozen CLIP (and of the official teachers) are dropped (None); others pass unchanged."""
+    for pattern, replacement in key_map:
+        if re.fullmatch(pattern, key):
+            return re.sub(pattern, replacement, key)
+    return None if key.startswith(OFFICIAL_FROZEN_PREFIXES) else key
+
+
 def prompt_vectors(count: int, n: int, width: int) -> nn.ParameterList:
     """`count` independent [n, width] prompts drawn from N(0, 0.02), as the official deep prompts."""
     params = nn.ParameterList()
@@ -89,6 +98,11 @@ class CLIPPromptTrainer(TrainerBase):
     official_key_map = ()
     # Keys (after mapping) that hold no trained values (frozen prompt embeddings) and are dropped on load.
     official_extra_keys = ("token_prefix", "token_suffix")
+
+    @classmethod
+    def dataset_defaults(cls, cfg, model_dir=""):
+        """Adjust cfg in place for its dataset, after the YAMLs and flags and before the KEY VALUE options (which
+        override it). model_dir: the trained run an --eval-only run loads. CoPrompt applies its official table."""
 
     @property
     def method_cfg(self):
@@ -141,14 +155,8 @@ class CLIPPromptTrainer(TrainerBase):
 
     def map_checkpoint_key(self, name, key):
         """Our checkpoints pass through; official ones are translated with official_key_map."""
-        for pattern, replacement in self.official_key_map:
-            if re.fullmatch(pattern, key):
-                key = re.sub(pattern, replacement, key)
-                break
-        else:
-            if key.startswith(OFFICIAL_FROZEN_PREFIXES):
-                return None
-        return None if key in self.official_extra_keys else key
+        key = map_official_key(key, self.official_key_map)
+        return None if key is None or key in self.official_extra_keys else key
 
     def model_loss(self, images, labels):
         """(logits, loss) of one training batch: cross-entropy; methods with more loss terms override."""

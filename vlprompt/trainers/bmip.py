@@ -35,8 +35,8 @@ from vlprompt.clip.text_prompt import ClassPromptTemplate, clean_classname, init
 from vlprompt.config import CfgNode, register_config_extension
 from vlprompt.engine.trainer import TRAINER_REGISTRY
 
-from .base import PromptedCLIP, check_depth, prompt_vectors
-from .compose import STRUCTURE_REGISTRY, ComposedTrainer, map_official_key
+from .base import PromptedCLIP, check_depth, map_official_key, prompt_vectors
+from .compose import STRUCTURE_REGISTRY, ComposedTrainer
 
 CONNECT_METHODS = ("None", "add", "atten", "joint")
 TEXT_SCORES = ("row0", "later_tokens")

@@ -20,10 +20,9 @@ import re
 
 import torch.nn.functional as F
 
-from vlprompt.engine.trainer import TRAINER_REGISTRY
 from vlprompt.utils.registry import Registry
 
-from .base import OFFICIAL_FROZEN_PREFIXES, CLIPPromptTrainer
+from .base import CLIPPromptTrainer
 
 STRUCTURE_REGISTRY = Registry("prompt structure")
 OBJECTIVE_REGISTRY = Registry("objective")
@@ -39,24 +38,16 @@ class PromptSizes:
         self.ctx_init = ctx_init
 
 
-def map_official_key(key, key_map):
-    """An official whole-model checkpoint key -> ours with (regex, replacement) pairs; the first full match wins.
-    Unmatched keys of the frozen CLIP (and the official teachers) are dropped (None)."""
-    for pattern, replacement in key_map:
-        if re.fullmatch(pattern, key):
-            return re.sub(pattern, replacement, key)
-    return None if key.startswith(OFFICIAL_FROZEN_PREFIXES) else key
-
-
 class Objective:
     """Cross-entropy on the structure's logits; the base of every objective.
 
     Hooks (all optional to override): attach() adds what the objective needs to the model; parse_batch() picks
     the batch tensors the loss takes; loss() gives (logits, loss); class_state()/logits() are what evaluation
     computes; after_epoch() runs after each training epoch; extra_state()/load_extra_state() travel in resume
-    points; official_key_map maps the objective's own entries of official checkpoints."""
+    points. official_dropped_keys: patterns of official checkpoint keys that hold the objective's frozen
+    teachers."""
 
-    official_key_map = ()
+    official_dropped_keys = ()
 
     def __init__(self, trainer, model, classnames):
         self.trainer, self.cfg = trainer, trainer.cfg
@@ -99,6 +90,7 @@ class ComposedTrainer(CLIPPromptTrainer):
     structure = ""
     foundation_key = ""
     objective = "CE"
+    official_dropped_keys = ()  # patterns of official checkpoint keys that hold nothing this trainer trains
 
     @property
     def structure_class(self):
@@ -117,8 +109,10 @@ class ComposedTrainer(CLIPPromptTrainer):
         if structure.config_key == self.config_key:
             return self.method_cfg
         node = self.cfg.TRAINER[structure.config_key].clone()
+        node.defrost()
         structure.apply_sizes(node, self.prompt_sizes())
         node.PREC = self.method_cfg.PREC
+        node.freeze()
         return node
 
     def build_clip_model(self, clip_model, classnames):
@@ -128,12 +122,11 @@ class ComposedTrainer(CLIPPromptTrainer):
         return model
 
     def map_checkpoint_key(self, name, key):
-        """Ours pass through; official whole-model keys go through the objective's then the structure's map."""
-        if self.objective_impl.official_key_map:
-            for pattern, replacement in self.objective_impl.official_key_map:
-                if re.fullmatch(pattern, key):
-                    key = re.sub(pattern, replacement, key)
-                    return None if key in self.official_extra_keys else key
+        """Ours pass through; official whole-model keys go through the structure's map, after the trainer's and
+        the objective's entries that hold nothing we train (teachers, unused duplicates) are dropped."""
+        for pattern in self.official_dropped_keys + self.objective_impl.official_dropped_keys:
+            if re.fullmatch(pattern, key):
+                return None
         key = self.structure_class.official_key(key, self.structure_cfg())
         return None if key is None or key in self.official_extra_keys else key
 

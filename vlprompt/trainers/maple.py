@@ -16,8 +16,8 @@ from vlprompt.clip.text_prompt import ClassPromptTemplate, deep_prompt_context
 from vlprompt.config import CfgNode, register_config_extension
 from vlprompt.engine.trainer import TRAINER_REGISTRY
 
-from .base import PromptedCLIP, check_depth, prompt_vectors
-from .compose import STRUCTURE_REGISTRY, ComposedTrainer, map_official_key
+from .base import PromptedCLIP, check_depth, map_official_key, prompt_vectors
+from .compose import STRUCTURE_REGISTRY, ComposedTrainer
 
 
 @register_config_extension
