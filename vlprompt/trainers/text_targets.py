@@ -7,6 +7,7 @@ gpt_file/<name>_prompt.json files), or a folder of such files named as the offic
 import hashlib
 import json
 import os
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -77,10 +78,12 @@ def class_sentences(classnames, descriptions_file, key: str = "TRAINER.HICROPL.D
                          "(underscores as spaces)")
     sentences = [[descriptions[n]] if isinstance(descriptions[n], str) else list(descriptions[n]) for n in names]
     if equal_counts:
+        usual = Counter(len(s) for s in sentences).most_common(1)[0][0]
         for name, per_class in zip(names, sentences):
-            if len(per_class) != len(sentences[0]):
+            if len(per_class) != usual:
+                example = names[[len(s) for s in sentences].index(usual)]
                 raise ValueError(f"{key}: {descriptions_file} has {len(per_class)} sentences for '{name}' but "
-                                 f"{len(sentences[0])} for '{names[0]}'; every class needs the same number")
+                                 f"{usual} for most classes (e.g. '{example}'); every class needs the same number")
     return sentences
 
 
