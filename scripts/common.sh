@@ -60,6 +60,8 @@ vlp_parse_args() {
         CFG_FILE="$VLP_REPO/configs/trainers/$TRAINER/$cfg.yaml"
         if [ ! -f "$CFG_FILE" ] && vlp_is_zero_shot; then
             CFG_FILE="$VLP_REPO/configs/trainers/CoOp/$cfg.yaml"  # as the official zeroshot.sh
+        elif [ ! -f "$CFG_FILE" ] && [[ "$TRAINER" == *_BMIP ]]; then
+            CFG_FILE="$VLP_REPO/configs/trainers/${TRAINER%_BMIP}/$cfg.yaml"  # CoPrompt_BMIP: CoPrompt's configs
         fi
         [ -f "$CFG_FILE" ] || vlp_die "no config file $CFG_FILE (CONFIG_NAME '$cfg' for trainer $TRAINER)"
     fi

@@ -41,14 +41,20 @@ BASE = {
     "MaPLe": "vit_b16_c2_ep5_batch4_2ctx",
     "BMIP": "BMIP_ctx2_dp9_lr2",
     "HiCroPL": "vit_b16_c2_ep50_batch32_16ctx",
+    "PromptSRC": "vit_b16_c2_ep20_batch4_4+4ctx",
+    "PromptSRC_BMIP": "vit_bitp_ctx4_ep20TT_adam_PromptSRC",
+    "CoPrompt": "coprompt",
+    "CoPrompt_BMIP": "coprompt",  # configs/trainers/CoPrompt/coprompt.yaml
 }
 TRANSFER = dict(BASE, MaPLe="vit_b16_c2_ep5_batch4_2ctx_cross_datasets",
-                HiCroPL="vit_b16_c2_ep5_batch32_2ctx_cross_datasets")
+                HiCroPL="vit_b16_c2_ep5_batch32_2ctx_cross_datasets",
+                PromptSRC="vit_b16_c2_ep20_batch4_4+4ctx_cross_datasets")
 DEFAULT_CONFIGS = {
     "base2new": dict(BASE, **{"HiCroPL@imagenet": "vit_b16_c2_ep40_batch128_16ctx"}),
     "cross_dataset": TRANSFER,
     "domain_generalization": TRANSFER,
-    "few_shot": dict(BASE, HiCroPL="vit_b16_c2_ep50_batch32_16ctx_few_shot"),
+    "few_shot": dict(BASE, HiCroPL="vit_b16_c2_ep50_batch32_16ctx_few_shot",
+                     PromptSRC="vit_b16_c2_ep50_batch4_4+4ctx_few_shot"),
 }
 DEFAULT_DATASETS = {
     "base2new": DATASET_ORDER,
@@ -63,7 +69,10 @@ def config_file(trainer, name=None):
     """The path of a trainer's config NAME (default: its base-to-new config), as the scripts resolve it;
     zero-shot trainers read CoOp's configs, as the official zeroshot.sh."""
     folder = "CoOp" if trainer.startswith("ZeroshotCLIP") else trainer
-    return os.path.join(REPO, "configs", "trainers", folder, (name or BASE[trainer]) + ".yaml")
+    path = os.path.join(REPO, "configs", "trainers", folder, (name or BASE[trainer]) + ".yaml")
+    if not os.path.isfile(path) and trainer.endswith("_BMIP"):  # CoPrompt_BMIP reads CoPrompt's configs
+        path = os.path.join(REPO, "configs", "trainers", trainer[:-len("_BMIP")], (name or BASE[trainer]) + ".yaml")
+    return path
 
 
 def split_opts(argv):
