@@ -215,6 +215,11 @@ _C.TEST.SAVE_PREDICTIONS = False
 ###########################
 _C.TRAINER = CN()
 _C.TRAINER.NAME = ""
+# CoPrompt's two keys, which its official train.py puts directly under TRAINER (not in a trainer node, so they
+# are plain keys here): the weight of the consistency terms (official default 8.0; coprompt.yaml sets 1.0), and
+# "cosine" or anything else for MSE
+_C.TRAINER.W = 8.0
+_C.TRAINER.DISTILL = "cosine"
 
 # Domain adaptation
 _C.TRAINER.MCD = CN()

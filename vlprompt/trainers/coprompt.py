@@ -64,8 +64,7 @@ def add_coprompt_config(cfg):
     # class descriptions, as TRAINER.HICROPL.DESCRIPTIONS: a JSON file or a folder of <dataset>_prompt.json files;
     # "": gpt_file/ of the working folder when it has this dataset's file (the official place), else CLIP's templates
     c.DESCRIPTIONS = ""
-    cfg.TRAINER.W = 8.0  # weight of the consistency terms (official default; coprompt.yaml sets 1.0)
-    cfg.TRAINER.DISTILL = "cosine"  # cosine | anything else: MSE
+    # TRAINER.W and TRAINER.DISTILL, directly under TRAINER as officially, are in vlprompt/config/defaults.py
 
 
 class Adapter(nn.Module):
