@@ -29,7 +29,16 @@ def config_of(trainer):
     if CONFIGS.get(trainer):
         return os.path.join(REPO, CONFIGS[trainer])
     folder = os.path.join(REPO, "configs/trainers", trainer)
+    if not os.path.isdir(folder):
+        return os.path.join(REPO, CONFIGS["CoOp"])
     return os.path.join(folder, sorted(f for f in os.listdir(folder) if f.endswith(".yaml"))[0])
+
+
+def trainer_names():
+    from vlprompt.engine.trainer import TRAINER_REGISTRY
+    import vlprompt.trainers  # noqa: F401
+
+    return TRAINER_REGISTRY.names()
 
 
 @pytest.fixture(scope="session")
@@ -120,10 +129,18 @@ def test_cli_skips_and_names_broken_images_and_reports_bad_input(coop_run, tmp_p
         vlprompt.load_model(coop_run, classnames=["a", "b", "a"])
 
 
-@pytest.mark.parametrize("trainer", ["CoOp", "CoCoOp", "BMIP", "HiCroPL"])
+@pytest.mark.parametrize("trainer", trainer_names())
 def test_set_classes_equals_a_model_built_with_those_names(data_root, coop_run, tmp_path, trainer, capsys):
     extra = ["TRAINER.HICROPL.TEACHER_NAME", "vlprompt-tiny"] if trainer == "HiCroPL" else []
-    run = coop_run if trainer == "CoOp" else train(data_root, tmp_path / "run", trainer, *extra)
+    if trainer == "CoOp":
+        run = coop_run
+    elif trainer.startswith("ZeroshotCLIP"):  # nothing to train: the folder of an --eval-only run
+        run = tmp_path / "run"
+        argv = ["--root", data_root, "--seed", "1", "--trainer", trainer, "--dataset-config-file", DATASET_CFG,
+                "--output-dir", str(run), "--eval-only", *FAST]
+        assert cli.main(argv) == 0
+    else:
+        run = train(data_root, tmp_path / "run", trainer, *extra)
     images = vp.expand_image_paths([os.path.join(data_root, "synthetic", "images", "red_circle")])[:4]
     model = vlprompt.load_model(run, device="cpu", batch_size=4)
     before = model.logits(images)
@@ -147,3 +164,25 @@ def test_class_specific_context_cannot_change_classes(data_root, tmp_path):
     model = vlprompt.load_model(run, device="cpu")
     with pytest.raises(ValueError, match="CSC"):
         model.set_classes(NEW_NAMES)
+
+
+def test_official_run_folder_given_the_trainer_and_config(coop_run, tmp_path, capsys):
+    """An official CoOp folder: no config.yaml, no classnames.json, no pointer file, and the frozen prompt pieces
+    (token_prefix/token_suffix) saved next to ctx."""
+    trained = torch.load(coop_run / "prompt_learner" / "model.pth.tar-1", weights_only=False)
+    official = tmp_path / "official"
+    (official / "prompt_learner").mkdir(parents=True)
+    names = json.loads((coop_run / "classnames.json").read_text())
+    state = {"ctx": trained["state_dict"]["ctx"], "token_prefix": torch.randn(len(names), 1, 64),
+             "token_suffix": torch.randn(len(names), 60, 64)}
+    torch.save({"state_dict": state, "epoch": 50}, official / "prompt_learner" / "model.pth.tar-50")
+    with pytest.raises(ValueError, match="no config.yaml: pass the trainer"):
+        vlprompt.load_model(official, classnames=names)
+    model = vlprompt.load_model(official, classnames=names, trainer="CoOp", config_file=config_of("CoOp"),
+                                opts=["MODEL.BACKBONE.NAME", "vlprompt-tiny"], device="cpu")
+    assert model.epoch == 50
+    from PIL import Image
+
+    images = [Image.new("RGB", (32, 32), (i * 40, 200 - i * 30, 90)) for i in range(3)]
+    reference = vlprompt.load_model(coop_run, device="cpu")
+    torch.testing.assert_close(model.logits(images), reference.logits(images), rtol=0, atol=0)
