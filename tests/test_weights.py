@@ -42,12 +42,20 @@ def test_official_url_fetched_into_the_official_cache(online, monkeypatch):
         calls.append((url, cache_dir))
         return f"{cache_dir}/ViT-B-16.pt"
 
+    def fake_hub(model_id, filename=None, revision=None, cache_dir=None):
+        calls.append(("hub", model_id, filename))
+        return "/hf/open_clip_model.safetensors"
+
     monkeypatch.setattr(oc_pretrained, "download_pretrained_from_url", fake_download)
-    monkeypatch.setattr(oc_pretrained, "download_pretrained_from_hf", no_network)
+    monkeypatch.setattr(oc_pretrained, "download_pretrained_from_hf", fake_hub)
     path = clip_load.fetch_weights("ViT-B/16")
     cache = online / "home" / ".cache" / "clip"
     assert calls == [(OFFICIAL_B16_URL, str(cache))]  # the URL clip.load uses, into ~/.cache/clip as it does
     assert path == cache / "ViT-B-16.pt"
+    # a tag with only a Hugging Face entry goes through open_clip's hub download (into the HF cache)
+    calls.clear()
+    assert str(clip_load.fetch_weights("ViT-B-16", "laion2b_s34b_b88k")) == "/hf/open_clip_model.safetensors"
+    assert calls == [("hub", "laion/CLIP-ViT-B-16-laion2B-s34B-b88K", None)]
 
 
 def fake_tag(monkeypatch, arch, tag, entry):

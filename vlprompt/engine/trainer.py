@@ -394,7 +394,7 @@ class TrainerBase:
         finally:
             ckpt.set_rng_state(saved_rng)
             self.set_model_mode("train")
-        if record is None or not dist_utils.is_main_process():
+        if not dist_utils.is_main_process():
             return
         for key, value in record.items():
             if isinstance(value, dict):
@@ -411,16 +411,15 @@ class TrainerBase:
     def _evaluate_curve_point(self):
         base_run = self.cfg.DATASET.SUBSAMPLE_CLASSES == "base" and hasattr(self, "build_clip_model")
         if base_run and getattr(self, "_all_classes", None) is None:
-            from vlprompt.predict import all_classes_evaluation  # noqa: WPS433 (imports the trainers)
+            from vlprompt.predict import all_classes_evaluation  # imported late: it imports the trainers
 
             self._all_classes = all_classes_evaluation(self)
         model, loader = self.model, self.test_loader
         if base_run:
             model, loader = self._all_classes.refresh(self)
-        evaluator = self.evaluator
-        saved_model, self.model = self.model, model
+        evaluator, saved_base_new = self.evaluator, self.evaluator.base_new
+        saved_model, self.model = self.model, model  # model_inference() runs self.model
         self.set_model_mode("eval")
-        model.eval()
         try:
             evaluator.reset()
             evaluator.base_new = base_run
@@ -452,7 +451,7 @@ class TrainerBase:
         finally:
             self.model = saved_model
             evaluator.reset()
-            evaluator.base_new = self.cfg.DATASET.SUBSAMPLE_CLASSES == "all"
+            evaluator.base_new = saved_base_new
 
     def after_train(self):
         print("Finish training")

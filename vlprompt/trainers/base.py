@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlprompt.clip import PromptedImageEncoder, PromptedTextEncoder, get_tokenizer, load_backbone
+from vlprompt.clip import PromptedImageEncoder, PromptedTextEncoder, get_tokenizer, load_clip
 from vlprompt.engine.checkpoint import load_checkpoint
 from vlprompt.engine.optim import build_lr_scheduler, build_optimizer
 from vlprompt.engine.trainer import Precision, TrainerBase
@@ -98,7 +98,8 @@ class CLIPPromptTrainer(TrainerBase):
         self.precision = Precision(self.method_cfg.PREC, self.device)
         classnames = self.dm.dataset.classnames
         print(f"Loading CLIP (backbone: {cfg.MODEL.BACKBONE.NAME})")
-        clip_model = load_backbone(cfg.MODEL.BACKBONE)
+        clip_model = load_clip(cfg.MODEL.BACKBONE.NAME, cfg.MODEL.BACKBONE.PATH,
+                               pretrained=cfg.MODEL.BACKBONE.PRETRAINED)
         clip_size = tuple(getattr(clip_model.visual, "image_size", cfg.INPUT.SIZE))
         if tuple(cfg.INPUT.SIZE) != clip_size:
             raise ValueError(f"INPUT.SIZE {tuple(cfg.INPUT.SIZE)} must equal the CLIP image size {clip_size} "
