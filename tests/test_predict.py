@@ -186,3 +186,11 @@ def test_official_run_folder_given_the_trainer_and_config(coop_run, tmp_path, ca
     images = [Image.new("RGB", (32, 32), (i * 40, 200 - i * 30, 90)) for i in range(3)]
     reference = vlprompt.load_model(coop_run, device="cpu")
     torch.testing.assert_close(model.logits(images), reference.logits(images), rtol=0, atol=0)
+    image = tmp_path / "x.png"
+    images[0].save(image)
+    capsys.readouterr()
+    assert vp.main(["--model-dir", str(official), "--trainer", "CoOp", "--config-file", config_of("CoOp"),
+                    "--classes", ",".join(names), "--images", str(image), "--topk", "1",
+                    "--opts", "MODEL.BACKBONE.NAME", "vlprompt-tiny"]) == 0
+    expected = names[int(reference.logits(images[:1]).argmax())]
+    assert capsys.readouterr().out.splitlines()[-1].split("\t")[1].startswith(expected + " ")

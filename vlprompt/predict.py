@@ -371,7 +371,8 @@ def build_parser():
     p.add_argument("--trainer", help="official runs (no config.yaml): the trainer name")
     p.add_argument("--config-file", help="official runs: the method's config file")
     p.add_argument("--dataset-config-file", help="official runs: the dataset's config file")
-    p.add_argument("opts", nargs=argparse.REMAINDER, help="more config options, KEY VALUE")
+    p.add_argument("--opts", nargs="+", default=[], metavar="KEY VALUE",
+                   help="more config options, e.g. --opts MODEL.BACKBONE.PATH /weights/ViT-B-16.pt")
     return p
 
 
