@@ -50,7 +50,11 @@ def run_config(run_dir: str, trainer=None, config_file=None, dataset_config_file
     cfg = get_cfg_default()
     saved = os.path.join(run_dir, "config.yaml")
     if os.path.isfile(saved) and not config_file:
-        cfg.merge_from_other_cfg(CfgNode(_read_run_config(saved)))
+        try:
+            cfg.merge_from_other_cfg(CfgNode(_read_run_config(saved)))
+        except (KeyError, ValueError) as e:
+            raise ValueError(f"{saved} does not fit this vlprompt's config ({e}); was the run made by another "
+                             f"version? Pass trainer= and config_file= to rebuild it from the method's config") from e
     else:
         if dataset_config_file:
             merge_from_file(cfg, dataset_config_file)
@@ -424,7 +428,7 @@ def main(argv=None) -> int:
                                trainer=args.trainer, config_file=args.config_file,
                                dataset_config_file=args.dataset_config_file, opts=args.opts,
                                batch_size=args.batch_size)
-    except (FileNotFoundError, ValueError, TypeError, KeyError) as e:
+    except (FileNotFoundError, ValueError, TypeError, KeyError, RuntimeError) as e:  # RuntimeError: no CUDA
         print(f"error: {e}", file=sys.stderr)
         return 2
     header = {"model_dir": args.model_dir, "trainer": model.trainer_name,

@@ -1,4 +1,5 @@
-"""Load a frozen CLIP through open_clip: official backbone names, local weight files, offline caches."""
+"""Load a frozen CLIP through open_clip: official backbone names, open_clip tags and hf-hub names, local weight files
+and caches, and weights fetched through open_clip's pretrained table when no local file holds them."""
 import json
 import os
 import zipfile
