@@ -24,5 +24,5 @@ setup(
         "Pillow",
     ],
     extras_require={"test": ["pytest"], "sweep": ["submitit"], "plot": ["matplotlib"]},
-    entry_points={"console_scripts": ["vlprompt-train=vlprompt.cli:main"]},
+    entry_points={"console_scripts": ["vlprompt-train=vlprompt.cli:main", "vlprompt-predict=vlprompt.predict:main"]},
 )

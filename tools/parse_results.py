@@ -18,7 +18,9 @@ The Markdown is printed and written to OUTPUT_ROOT/results_<protocol>.md, the nu
 per method, dataset and metric) to OUTPUT_ROOT/results_<protocol>.csv (--csv / --markdown to change).
 """
 import argparse
+import contextlib
 import csv
+import dataclasses
 import json
 import os
 import re
@@ -406,14 +408,63 @@ def records_for(protocol, runs, source):
     return few_shot_records(runs, source)
 
 
+# ---- calibration tables (--metric ece | nll): the same tables with a calibration metric in place of accuracy ----
+CALIBRATION = {"ece": "ECE (%, 15 equal-width bins)", "nll": "NLL (nats)"}
+
+
+def calibration_runs(runs, metric):
+    """Runs whose metrics read `metric` where the tables read accuracy: the whole set's, and each half's in the
+    base_to_new / open_world blocks (base_<metric>, new_<metric>). A run without it reads nan."""
+    nan = float("nan")
+    out = []
+    for r in runs:
+        m = r.metrics
+        view = dict(m, accuracy=m.get(metric, nan))
+        for block in ("base_to_new", "open_world"):
+            if m.get(block):
+                b = m[block]
+                view[block] = dict(b, base=b.get(f"base_{metric}", nan), new=b.get(f"new_{metric}", nan), hm=nan,
+                                   accuracy=b.get(metric, nan))
+        out.append(dataclasses.replace(r, _metrics=view))
+    return out
+
+
+@contextlib.contextmanager
+def calibration_tables(metric):
+    """METRICS and TITLES for a calibration metric: base and new columns (no HM: a harmonic mean of calibration
+    errors means nothing), the whole set's value elsewhere."""
+    saved_metrics, saved_titles = dict(METRICS), dict(TITLES)
+    name = CALIBRATION[metric]
+    METRICS.update(base2new=[("base", "Base"), ("new", "New")],
+                   open_world=[("base", "Base"), ("new", "New"), ("accuracy", "All")],
+                   cross_dataset=[("accuracy", metric.upper())], domain_generalization=[("accuracy", metric.upper())],
+                   few_shot=[("accuracy", metric.upper())])
+    for protocol, title in saved_titles.items():
+        TITLES[protocol] = f"{name} in place of accuracy. {title}"
+    try:
+        yield
+    finally:
+        METRICS.clear()
+        METRICS.update(saved_metrics)
+        TITLES.clear()
+        TITLES.update(saved_titles)
+
+
 def parse(root, protocol, seeds=(1, 2, 3), datasets=None, methods=None, shots=None, source="imagenet",
-          allow_missing=False, decimals=2, runs=None, methods_as_rows=False):
-    """(markdown, csv rows, tables) of one protocol."""
+          allow_missing=False, decimals=2, runs=None, methods_as_rows=False, metric="accuracy"):
+    """(markdown, csv rows, tables) of one protocol; metric: accuracy, or ece / nll (calibration_tables)."""
     runs = discover(root) if runs is None else runs
-    rec = records_for(protocol, runs, source)
-    tables = build(protocol, rec, list(seeds), datasets, methods, shots)
-    return render(protocol, tables, rec, list(seeds), allow_missing, decimals, methods_as_rows), csv_rows(protocol, tables, rec,
-                                                                                         list(seeds)), tables
+    if metric != "accuracy":
+        runs = calibration_runs(runs, metric)
+    with calibration_tables(metric) if metric != "accuracy" else contextlib.nullcontext():
+        rec = records_for(protocol, runs, source)
+        tables = build(protocol, rec, list(seeds), datasets, methods, shots)
+        markdown = render(protocol, tables, rec, list(seeds), allow_missing, decimals, methods_as_rows)
+        rows = csv_rows(protocol, tables, rec, list(seeds))
+    if metric != "accuracy":
+        for row in rows:
+            row["metric"] = f"{row['metric']}_{metric}"
+    return markdown, rows, tables
 
 
 def main(argv=None):
@@ -437,6 +488,9 @@ def main(argv=None):
                                  "<protocol> in the name is replaced")
     p.add_argument("--markdown", help="Markdown file (default: ROOT/results_<protocol>.md)")
     p.add_argument("--no-write", action="store_true", help="print only, write no files")
+    p.add_argument("--metric", choices=["accuracy", *CALIBRATION], default="accuracy",
+                   help="tabulate calibration instead of accuracy: ece (%%, 15 bins) or nll; base2new/open_world "
+                        "give each half's value (default files: results_<protocol>_<metric>.*)")
     args = p.parse_args(argv)
     if not os.path.isdir(args.root):
         print(f"error: {args.root} is not a folder", file=sys.stderr)
@@ -452,13 +506,14 @@ def main(argv=None):
     for protocol in protocols:
         markdown, rows, tables = parse(args.root, protocol, args.seeds, args.datasets, args.methods, args.shots,
                                        args.source, args.allow_missing, args.decimals, runs=runs,
-                                       methods_as_rows=args.methods_as_rows)
+                                       methods_as_rows=args.methods_as_rows, metric=args.metric)
         any_missing |= any(t["missing"] for t in tables)
         print(markdown)
         if args.no_write:
             continue
-        md_path = (args.markdown or os.path.join(args.root, "results_<protocol>.md")).replace("<protocol>", protocol)
-        csv_path = (args.csv or os.path.join(args.root, "results_<protocol>.csv")).replace("<protocol>", protocol)
+        stem = "results_<protocol>" + ("" if args.metric == "accuracy" else f"_{args.metric}")
+        md_path = (args.markdown or os.path.join(args.root, stem + ".md")).replace("<protocol>", protocol)
+        csv_path = (args.csv or os.path.join(args.root, stem + ".csv")).replace("<protocol>", protocol)
         if len(protocols) > 1 and args.csv and "<protocol>" not in args.csv:
             root, ext = os.path.splitext(args.csv)
             csv_path = f"{root}_{protocol}{ext}"

@@ -114,13 +114,38 @@ def _rows_of(deep_prompts, rows):
     return [p[rows] if p is not None and p.dim() == 3 else p for p in deep_prompts]
 
 
+def check_prompted_clip(clip_model) -> None:
+    """Refuse, naming what is missing, a CLIP the prompted encoders cannot serve: they run open_clip's CLIP text
+    transformer (causal mask, features at the EOT token) and, for a ViT, read the class token. A non-ViT image
+    tower (ResNet, attention pooling) serves methods without vision prompts only (checked when they are given)."""
+    problems = []
+    if not hasattr(clip_model, "token_embedding"):
+        problems.append("its text tower is not open_clip's CLIP text transformer (a CustomTextCLIP, e.g. a Hugging "
+                        "Face text model): no token embedding at the top level")
+    else:
+        pool = getattr(clip_model, "text_pool_type", "argmax")
+        if pool != "argmax":
+            problems.append(f"its text tower pools at '{pool}', not at the EOT token (pool_type argmax)")
+        if getattr(clip_model, "attn_mask", None) is None:
+            problems.append("its text tower has no causal attention mask")
+    visual = getattr(clip_model, "visual", None)
+    if hasattr(visual, "conv1") and hasattr(visual, "class_embedding"):  # open_clip's VisionTransformer
+        if getattr(visual, "attn_pool", None) is not None:
+            problems.append("its ViT pools with attention (attn_pool), not the class token")
+        elif getattr(visual, "pool_type", "tok") != "tok":
+            problems.append(f"its ViT pools by '{visual.pool_type}', not the class token (pool_type tok)")
+        if getattr(visual, "final_ln_after_pool", False):
+            problems.append("its ViT applies the final LayerNorm after pooling (final_ln_after_pool)")
+    if problems:
+        raise ValueError("This CLIP cannot be served by the prompted encoders: " + "; ".join(problems) + ".")
+
+
 class PromptedTextEncoder(nn.Module):
     """CLIP's text tower (frozen) taking token embeddings, so methods can put learnable context in them."""
 
     def __init__(self, clip_model):
         super().__init__()
-        if not hasattr(clip_model, "token_embedding"):
-            raise TypeError("Prompted encoders need a standard open_clip CLIP (text tower at the top level)")
+        check_prompted_clip(clip_model)
         self.token_embedding = clip_model.token_embedding
         self.positional_embedding = clip_model.positional_embedding
         self.transformer = clip_model.transformer
@@ -204,8 +229,7 @@ class PromptedImageEncoder(nn.Module):
         visual = clip_model.visual
         self.visual = visual
         self.is_vit = hasattr(visual, "conv1") and hasattr(visual, "class_embedding")
-        if self.is_vit and (visual.attn_pool is not None or visual.pool_type != "tok" or visual.final_ln_after_pool):
-            raise NotImplementedError("Prompted image encoder supports CLIP ViTs pooled on the CLS token")
+        check_prompted_clip(clip_model)
 
     @property
     def width(self) -> int:
@@ -234,7 +258,10 @@ class PromptedImageEncoder(nn.Module):
         v = self.visual
         if not self.is_vit:
             if prompts is not None or deep_prompts is not None or hook is not None:
-                raise NotImplementedError("Vision prompts need a ViT backbone")
+                raise NotImplementedError(
+                    f"Vision prompts need a ViT with a class token; this CLIP's image tower is a "
+                    f"{type(v).__name__}, which has no class token and pools with attention (use a ViT backbone, "
+                    f"or a method without vision prompts: CoOp, CoCoOp, ZeroshotCLIP)")
             return v(images.to(self.dtype))
         x = v.conv1(images.to(self.dtype))
         x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)

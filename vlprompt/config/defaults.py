@@ -127,7 +127,9 @@ _C.MODEL.INIT_SEED = -1
 _C.MODEL.BACKBONE = CN()
 # CLIP name as the official repos spell it ("ViT-B/16", "RN50") or an open_clip model name
 _C.MODEL.BACKBONE.NAME = ""
-_C.MODEL.BACKBONE.PRETRAINED = True
+# vlprompt (issue 16): an open_clip pretrained tag for NAME ("laion2b_s34b_b88k", "datacomp_xl_s13b_b90k");
+# "": OpenAI's weights for the official names, none for vlprompt-*. Dassl's key held True/False (read as "").
+_C.MODEL.BACKBONE.PRETRAINED = ""
 # vlprompt: local weights file for the backbone (no download when set)
 _C.MODEL.BACKBONE.PATH = ""
 _C.MODEL.HEAD = CN()
@@ -209,6 +211,10 @@ _C.TEST.FINAL_MODEL = "last_step"
 _C.TEST.SAVE_LOGITS = False
 # vlprompt: write per-sample predictions (image path, label, top-5 classes and scores) to predictions.csv
 _C.TEST.SAVE_PREDICTIONS = False
+# vlprompt (issue 16): evaluate the test split every N epochs during training (0: off), logged to TensorBoard and
+# OUTPUT_DIR/metrics_history.jsonl; a base-class run also gets the new classes' accuracy and the HM from the
+# all-classes test set. The final results do not depend on it.
+_C.TEST.EVAL_EVERY = 0
 
 ###########################
 # Trainers (Dassl's own; prompt-learning trainers add theirs by extension)

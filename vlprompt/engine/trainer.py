@@ -3,6 +3,7 @@ evaluation, log lines the official parse_test_res.py reads, tqdm bars and Tensor
 import contextlib
 import csv
 import datetime
+import json
 import os
 import sys
 import time
@@ -108,7 +109,9 @@ class TrainerBase:
     whose forward_backward computes its loss through train_forward() (as CLIPPromptTrainer does with
     model_loss) trains with DistributedDataParallel under torchrun."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, dm=None):
+        """dm: a DataManager-like object to use instead of building the dataset (vlprompt.predict passes one
+        that only names the classes)."""
         self.cfg = cfg
         self.device = resolve_device(cfg.DEVICE, cfg.USE_CUDA)
         self.output_dir = cfg.OUTPUT_DIR
@@ -119,7 +122,7 @@ class TrainerBase:
         self.best_result = -float("inf")
         self.epochs_without_improvement = 0  # validation epochs since the best (TRAIN.EARLY_STOPPING)
         self.stop_early = False
-        self.dm = DataManager(cfg)
+        self.dm = dm if dm is not None else DataManager(cfg)
         self.train_loader_x = self.dm.train_loader_x
         self.val_loader = self.dm.val_loader
         self.test_loader = self.dm.test_loader
@@ -308,6 +311,8 @@ class TrainerBase:
             from torch.utils.tensorboard import SummaryWriter
 
             self._writer = SummaryWriter(log_dir=os.path.join(self.output_dir, "tensorboard"))
+            if self.output_dir:  # the model's classes in label order, for vlprompt.load_model / vlprompt-predict
+                write_json_atomic(os.path.join(self.output_dir, "classnames.json"), list(self.dm.dataset.classnames))
         self.time_start = time.time()
 
     def run_epoch(self):
@@ -383,6 +388,82 @@ class TrainerBase:
                 self.stop_early = True
         if meet_checkpoint_freq or last_epoch or self.stop_early:
             self.save_model(self.epoch, self.output_dir, finished=last_epoch or self.stop_early)
+        self.evaluate_every()
+
+    # ---- learning curves (TEST.EVAL_EVERY) ------------------------------------------------------------
+    def evaluate_every(self):
+        """Every TEST.EVAL_EVERY epochs: the test split's metrics, appended to metrics_history.jsonl and logged
+        to TensorBoard (curve/*). A model trained on the base classes is evaluated over all classes of the test
+        set, built with all class names and the current learned weights (vlprompt.predict.build_for_classes):
+        the base samples among the base classes give the base accuracy, the new ones the new accuracy and HM.
+        Training does not depend on it: every random state is restored, and nothing else is written."""
+        every = self.cfg.TEST.EVAL_EVERY
+        if every <= 0 or (self.epoch + 1) % every:
+            return
+        saved_rng = ckpt.rng_state()
+        try:
+            record = self._evaluate_curve_point()
+        finally:
+            ckpt.set_rng_state(saved_rng)
+            self.set_model_mode("train")
+        if not dist_utils.is_main_process():
+            return
+        for key, value in record.items():
+            if isinstance(value, dict):
+                for k, v in value.items():
+                    self.write_scalar(f"curve/{key}/{k}", v, self.epoch + 1)
+            elif isinstance(value, float):
+                self.write_scalar(f"curve/{key}", value, self.epoch + 1)
+        if self.output_dir:
+            os.makedirs(self.output_dir, exist_ok=True)
+            with open(os.path.join(self.output_dir, "metrics_history.jsonl"), "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    @torch.no_grad()
+    def _evaluate_curve_point(self):
+        base_run = self.cfg.DATASET.SUBSAMPLE_CLASSES == "base" and hasattr(self, "build_clip_model")
+        if base_run and getattr(self, "_all_classes", None) is None:
+            from vlprompt.predict import all_classes_evaluation  # imported late: it imports the trainers
+
+            self._all_classes = all_classes_evaluation(self)
+        model, loader = self.model, self.test_loader
+        if base_run:
+            model, loader = self._all_classes.refresh(self)
+        evaluator, saved_base_new = self.evaluator, self.evaluator.base_new
+        saved_model, self.model = self.model, model  # model_inference() runs self.model
+        self.set_model_mode("eval")
+        try:
+            evaluator.reset()
+            evaluator.base_new = base_run
+            state = self.inference_state()
+            indices = []
+            for batch in tqdm(loader, desc=f"eval every {self.cfg.TEST.EVAL_EVERY}", leave=False,
+                              dynamic_ncols=True, disable=None if dist_utils.is_main_process() else True):
+                if batch is None:
+                    continue
+                images, labels = self.parse_batch(batch)
+                evaluator.process(self.model_inference(images, state).float(), labels)
+                indices.append(torch.as_tensor(batch["index"]).view(-1))
+            if dist_utils.is_distributed():
+                self._gather_evaluation(indices, {}, False)
+            results = evaluator.evaluate(verbose=False)
+            record = {"epoch": self.epoch + 1, "split": "test", "num_samples": evaluator.details["total"],
+                      **{k: float(v) for k, v in results.items()}}
+            base_new = evaluator.base_new_results()
+            if base_new is not None:  # the top-level numbers are the base run's own: its samples among its classes
+                b = base_new["base_to_new"]
+                record = {"epoch": self.epoch + 1, "split": "test", "num_samples": base_new["num_base_samples"],
+                          "accuracy": b["base"], "ece": b["base_ece"], "nll": b["base_nll"],
+                          "base_to_new": b, "open_world": base_new["open_world"]}
+            msg = f"eval every {self.cfg.TEST.EVAL_EVERY} epochs, epoch {self.epoch + 1}: accuracy {record['accuracy']:.2f}%"
+            if base_new is not None:
+                msg += f"; from all classes: new {b['new']:.2f}%, HM {b['hm']:.2f}%"
+            print(msg)
+            return record
+        finally:
+            self.model = saved_model
+            evaluator.reset()
+            evaluator.base_new = saved_base_new
 
     def after_train(self):
         print("Finish training")

@@ -116,7 +116,8 @@ class CLIPPromptTrainer(TrainerBase):
         self.precision = Precision(self.method_cfg.PREC, self.device)
         classnames = self.dm.dataset.classnames
         print(f"Loading CLIP (backbone: {cfg.MODEL.BACKBONE.NAME})")
-        clip_model = load_clip(cfg.MODEL.BACKBONE.NAME, cfg.MODEL.BACKBONE.PATH)
+        clip_model = load_clip(cfg.MODEL.BACKBONE.NAME, cfg.MODEL.BACKBONE.PATH,
+                               pretrained=cfg.MODEL.BACKBONE.PRETRAINED)
         clip_size = tuple(getattr(clip_model.visual, "image_size", cfg.INPUT.SIZE))
         if tuple(cfg.INPUT.SIZE) != clip_size:
             raise ValueError(f"INPUT.SIZE {tuple(cfg.INPUT.SIZE)} must equal the CLIP image size {clip_size} "
