@@ -164,6 +164,17 @@ def test_gpa_average_is_the_weighted_sum_of_epoch_snapshots(data_root, tmp_path,
     assert "Gaussian-weighted average of the 3 epochs" in (out / "log.txt").read_text()
 
 
+def test_learning_curves_leave_promptsrc_gpa_and_results_unchanged(data_root, tmp_path):
+    """TEST.EVAL_EVERY builds the method again for all classes: the run's objective (and its GPA sum) stays."""
+    args = ("OPTIM.MAX_EPOCH", "2", "DATASET.SUBSAMPLE_CLASSES", "base", "TRAINER.PROMPTSRC.GPA_MEAN", "1")
+    assert run(data_root, tmp_path / "plain", "PromptSRC", *args) == 0
+    assert run(data_root, tmp_path / "curves", "PromptSRC", *args, "TEST.EVAL_EVERY", "1") == 0
+    plain, curves = (torch.load(tmp_path / d / "VLPromptLearner/model.pth.tar-2", weights_only=False)["state_dict"]
+                     for d in ("plain", "curves"))
+    assert plain.keys() == curves.keys() and all(torch.equal(plain[k], curves[k]) for k in plain)
+    assert len((tmp_path / "curves/metrics_history.jsonl").read_text().splitlines()) == 2
+
+
 class Killed(BaseException):
     """Stands for a kill: no handler of the run catches it."""
 

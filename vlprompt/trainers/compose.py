@@ -49,12 +49,12 @@ class Objective:
 
     official_dropped_keys = ()
 
-    def __init__(self, trainer, model, classnames):
+    def __init__(self, trainer):
         self.trainer, self.cfg = trainer, trainer.cfg
-        self.attach(model, classnames)
 
     def attach(self, model, classnames):
-        pass
+        """Add what the objective needs to a model built for `classnames` (called for every build: the trained
+        model, and the models vlprompt.predict builds for other class lists)."""
 
     def parse_batch(self, batch):
         return self.trainer.parse_batch(batch)
@@ -118,7 +118,9 @@ class ComposedTrainer(CLIPPromptTrainer):
     def build_clip_model(self, clip_model, classnames):
         model = self.structure_class.from_config(clip_model, self.tokenizer, classnames, self.structure_cfg(),
                                                  self.cfg)
-        self.objective_impl = OBJECTIVE_REGISTRY.get(self.objective)(self, model, classnames)
+        if getattr(self, "objective_impl", None) is None:  # one objective per run: it holds training state (GPA)
+            self.objective_impl = OBJECTIVE_REGISTRY.get(self.objective)(self)
+        self.objective_impl.attach(model, classnames)
         return model
 
     def map_checkpoint_key(self, name, key):

@@ -81,6 +81,10 @@ class Adapter(nn.Module):
 class CoPromptObjective(Objective):
     official_dropped_keys = (r"model_distill\..*",)  # the official teacher, a whole second CLIP
 
+    def __init__(self, trainer):
+        super().__init__(trainer)
+        self.weight, self.cosine = self.cfg.TRAINER.W, self.cfg.TRAINER.DISTILL == "cosine"
+
     def attach(self, model, classnames):
         cfg, c = self.cfg, self.trainer.method_cfg
         # the adapters train with the prompts: they live in the prompt learner (one optimizer, one checkpoint)
@@ -95,7 +99,6 @@ class CoPromptObjective(Objective):
             lambda: F.normalize(torch.stack(encode_sentences(encoder, tokenizer, sentences), dim=1), dim=-1),
             "CoPrompt: text targets")
         model.register_buffer("description_targets", targets.float(), persistent=False)  # [n_desc, C, D]
-        self.weight, self.cosine = cfg.TRAINER.W, cfg.TRAINER.DISTILL == "cosine"
         print(f"CoPrompt: {targets.shape[0]} descriptions per class, W {self.weight}, "
               f"{'cosine' if self.cosine else 'MSE'} consistency")
 

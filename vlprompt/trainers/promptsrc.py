@@ -92,11 +92,15 @@ class PromptSRCObjective(Objective):
     # the official image teacher, a second image tower saved inside the prompt learner
     official_dropped_keys = (r"prompt_learner\.ZS_image_encoder\..*",)
 
+    def __init__(self, trainer):
+        super().__init__(trainer)
+        c = trainer.method_cfg
+        self.weights = (c.TEXT_LOSS_WEIGHT, c.IMAGE_LOSS_WEIGHT)
+        self.gpa = GaussianPromptAggregation(gpa_weights(c.GPA_MEAN, c.GPA_STD, self.cfg.OPTIM.MAX_EPOCH))
+
     def attach(self, model, classnames):
         c = self.trainer.method_cfg
         templates = TEMPLATE_SETS[self.template_set(c)]
-        self.weights = (c.TEXT_LOSS_WEIGHT, c.IMAGE_LOSS_WEIGHT)
-        self.gpa = GaussianPromptAggregation(gpa_weights(c.GPA_MEAN, c.GPA_STD, self.cfg.OPTIM.MAX_EPOCH))
         sentences = [[t(name.replace("_", " ")) for t in templates] for name in classnames]
         tokenizer, encoder = self.trainer.tokenizer, model.text_encoder
         targets = cached_text_targets(
