@@ -184,7 +184,7 @@ def resume_command(argv, output_dir):
     """The command that resumes this run: the same arguments plus --resume OUTPUT_DIR."""
     argv = list(argv)
     if "--resume" not in argv:
-        argv += ["--resume", output_dir]
+        argv = ["--resume", output_dir] + argv  # before the KEY VALUE options, which take the rest of the line
     return "python tools/train.py " + shlex.join(argv)
 
 
@@ -235,7 +235,8 @@ def _run_locked(args, cfg, trainer_cls, resuming) -> int:
         versions = collect_versions()
         print("***************\n** Arguments **\n***************")
         for key in sorted(vars(args)):
-            print(f"{key}: {getattr(args, key)}")
+            if key != "argv":
+                print(f"{key}: {getattr(args, key)}")
         print("************\n** Config **\n************")
         print(cfg.dump())
         print("Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
