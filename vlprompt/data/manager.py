@@ -14,6 +14,7 @@ from vlprompt.engine import distributed as dist_utils
 from vlprompt.utils.run_lock import close_inherited_locks
 from vlprompt.utils.seed import derived_seed, seeded_rng
 
+from .base import check_split_labels
 from .cache import TestPreprocessCache, TrainImageCache, split_cacheable_prefix
 from .transforms import INTERPOLATION_MODES, build_transform
 
@@ -277,6 +278,9 @@ class DataManager:
         dataset = build_dataset(cfg)
         if dist_utils.is_main_process():
             dist_utils.barrier()
+        # Dassl counts max label + 1 classes and evaluates any label: gaps and classes training lacks are refused
+        check_split_labels(dataset.train_x, dataset.val, dataset.test,
+                           f"{cfg.DATASET.NAME} (after few-shot sampling and SUBSAMPLE_CLASSES {cfg.DATASET.SUBSAMPLE_CLASSES})")
 
         if custom_tfm_train is None:
             tfm_train = build_transform(cfg, is_train=True)

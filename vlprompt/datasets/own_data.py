@@ -135,7 +135,9 @@ class OwnDataset(SplitFileDataset):
 
     def load_split(self):
         if self.split_path and os.path.exists(self.split_path):
-            return read_split(self.split_path, self.image_dir)
+            split = self.read_split_file()  # a truncated file (a killed build) is built again
+            if split is not None:
+                return split
         train, val, test = self.build_split()
         if not train:
             raise ValueError(f"{type(self).__name__}: no training images found in {self.image_dir}")

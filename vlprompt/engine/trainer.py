@@ -6,7 +6,7 @@ import datetime
 import os
 import sys
 import time
-from collections import OrderedDict, defaultdict
+from collections import Counter, OrderedDict, defaultdict
 
 import torch
 from torch import nn
@@ -524,6 +524,9 @@ class TrainerBase:
                        dataset=self.cfg.DATASET.NAME, subsample_classes=self.cfg.DATASET.SUBSAMPLE_CLASSES,
                        num_shots=self.cfg.DATASET.NUM_SHOTS, seed=self.cfg.SEED,
                        trainer=self.cfg.TRAINER.NAME, epoch=self.epoch + 1)
+        if self.cfg.DATASET.NUM_SHOTS > 0:  # the shots a class really had (fewer where it has fewer images)
+            shots = Counter(item.label for item in self.dm.dataset.train_x).values()
+            metrics["shots_used"] = {"min": min(shots), "max": max(shots)}
         if "per_class_accuracy" in ev.details:
             metrics["per_class_accuracy"] = ev.details["per_class_accuracy"]
         base_new = ev.base_new_results()
