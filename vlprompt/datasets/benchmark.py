@@ -151,7 +151,10 @@ class DatasetLayout:
         cls._check_fewshot_caches(report, dataset_dir)
         cls.check_more(report, dataset_dir)
         if images and report.ok:
-            listed = listed or cls.listed_images(dataset_dir)
+            try:
+                listed = listed or cls.listed_images(dataset_dir)
+            except ValueError:  # a truncated split file that will be built again (noted above)
+                listed = None
             if listed is not None:
                 paths, listed_in, base = listed
                 report.missing_images(paths, listed_in, base, cls.source_of(cls.image_dir))
