@@ -127,7 +127,8 @@ class DatasetWrapper(Dataset):
         if self.augment_seed is None or self.transform is None:
             self._transform(output, img0)
         else:
-            with seeded_rng(derived_seed(self.augment_seed, self._epoch.value, idx)):
+            in_worker = torch.utils.data.get_worker_info() is not None  # nothing else draws from a worker's RNG
+            with seeded_rng(derived_seed(self.augment_seed, self._epoch.value, idx), restore=not in_worker):
                 self._transform(output, img0)
         if self.return_img0:
             output["img0"] = self.to_tensor(img0)
