@@ -58,7 +58,8 @@ vlp_parse_args() {
     [ -d "$DATA" ] || vlp_die "DATA=$DATA is not a folder (it must hold the dataset folders, e.g. \$DATA/oxford_pets)"
     [ -n "$OUTPUT" ] || vlp_die "OUTPUT is set but empty; unset it (default: output) or name a folder"
     mkdir -p "$OUTPUT" 2>/dev/null && [ -w "$OUTPUT" ] || vlp_die "OUTPUT=$OUTPUT cannot be created or written"
-    command -v "$PYTHON" >/dev/null 2>&1 || vlp_die "PYTHON=$PYTHON is not an executable (set PYTHON to the interpreter of your environment)"
+    command -v "$PYTHON" >/dev/null 2>&1 ||
+        vlp_die "PYTHON=$PYTHON is not an executable (set PYTHON to the interpreter of your environment)"
     if [ -n "${SOURCE:-}" ]; then
         vlp_dataset_file "$SOURCE" >/dev/null
     fi

@@ -181,7 +181,7 @@ def test_missing_dataset_folder_message(tmp_path, capsys):
 def test_output_dir_with_results_is_not_overwritten(data_root, tmp_path, capsys):
     out = tmp_path / "run"
     assert run(data_root, out, *train_args(1)) == 0
-    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != LOCK_NAME}  # the run lock is taken, then refused
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != LOCK_NAME}
     assert run(data_root, out, *train_args(1)) == 2
     assert "already holds results" in capsys.readouterr().err
     after = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != LOCK_NAME}

@@ -19,7 +19,9 @@ from vlprompt.config import ConfigError, ConfigTypeError, get_cfg_default, merge
 from vlprompt.engine import checkpoint as ckpt
 from vlprompt.engine import distributed as dist_utils
 from vlprompt.utils import stop as stop_request
-from vlprompt.utils.logger import append_to_log, close_logger, forget_log, collect_versions, setup_logger, write_json_atomic
+from vlprompt.utils.logger import (
+    append_to_log, close_logger, collect_versions, forget_log, setup_logger, write_json_atomic,
+)
 from vlprompt.utils.registry import RegistryError
 from vlprompt.utils.run_lock import RunLock
 from vlprompt.utils.seed import set_random_seed

@@ -9,7 +9,8 @@ import random
 from collections import defaultdict
 
 __all__ = [
-    "Datum", "DatasetBase", "LabelError", "check_split_labels", "split_dataset_by_label", "split_dataset_by_domain", "generate_fewshot_dataset",
+    "Datum", "DatasetBase", "LabelError", "check_split_labels", "split_dataset_by_label", "split_dataset_by_domain",
+    "generate_fewshot_dataset",
     "subsample_classes",
 ]
 

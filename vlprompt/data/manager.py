@@ -280,8 +280,8 @@ class DataManager:
         if dist_utils.is_main_process():
             dist_utils.barrier()
         # Dassl counts max label + 1 classes and evaluates any label: gaps and classes training lacks are refused
-        check_split_labels(dataset.train_x, dataset.val, dataset.test,
-                           f"{cfg.DATASET.NAME} (after few-shot sampling and SUBSAMPLE_CLASSES {cfg.DATASET.SUBSAMPLE_CLASSES})")
+        check_split_labels(dataset.train_x, dataset.val, dataset.test, f"{cfg.DATASET.NAME} (after few-shot "
+                           f"sampling and SUBSAMPLE_CLASSES {cfg.DATASET.SUBSAMPLE_CLASSES})")
 
         if custom_tfm_train is None:
             tfm_train = build_transform(cfg, is_train=True)

@@ -16,7 +16,8 @@ from vlprompt.utils import safe_pickle
 from .base import DatasetBase, Datum, check_split_labels, generate_fewshot_dataset, subsample_classes
 
 __all__ = [
-    "DATUM_PICKLE_NAMES", "DataFileError", "PathOutsideDatasetError", "path_inside", "read_split", "split_from_json", "save_split", "load_fewshot_cache", "save_fewshot_cache",
+    "DATUM_PICKLE_NAMES", "DataFileError", "PathOutsideDatasetError", "path_inside", "read_split", "split_from_json",
+    "save_split", "load_fewshot_cache", "save_fewshot_cache",
     "save_datum_pickle", "reroot_impath", "SplitFileDataset",
 ]
 
@@ -68,8 +69,8 @@ def split_from_json(split, filepath, path_prefix):
         for i, entry in enumerate(items):
             where = f'{filepath}, "{key}" entry {i} ({json.dumps(entry)[:200]})'
             if not isinstance(entry, list) or len(entry) != 3:
-                raise DataFileError(f"{where}: expected [image path, label, class name] "
-                                    f"(3 fields), got {len(entry) if isinstance(entry, list) else type(entry).__name__}")
+                got = len(entry) if isinstance(entry, list) else type(entry).__name__
+                raise DataFileError(f"{where}: expected [image path, label, class name] (3 fields), got {got}")
             impath, label, classname = entry
             if not isinstance(impath, str) or not impath:
                 raise DataFileError(f"{where}: the image path must be a non-empty string")

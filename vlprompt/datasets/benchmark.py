@@ -17,7 +17,7 @@ from collections import defaultdict
 
 from vlprompt.data.base import Datum, LabelError
 from vlprompt.data.split_dataset import (
-    DataFileError, SplitFileDataset, load_fewshot_cache, read_split, save_split, split_from_json,
+    DataFileError, SplitFileDataset, load_fewshot_cache, save_split, split_from_json,
 )
 
 __all__ = [
@@ -164,7 +164,8 @@ class DatasetLayout:
     def _check_split(cls, report, dataset_dir):
         """The split file's listed_images(), or None (recording why it is missing or unreadable)."""
         split_path = os.path.join(dataset_dir, cls.split_file)
-        buildable = cls.split_sources and all(os.path.exists(os.path.join(dataset_dir, rel)) for rel in cls.split_sources)
+        buildable = cls.split_sources and all(os.path.exists(os.path.join(dataset_dir, rel))
+                                              for rel in cls.split_sources)
         if os.path.exists(split_path):
             try:
                 return cls.listed_images(dataset_dir)
