@@ -260,3 +260,20 @@ def test_protocol_scripts_check_arguments_before_training(tmp_path, env, args, m
                           text=True, timeout=60)
     assert proc.returncode == 2 and message in proc.stderr
     assert "tools/train.py" not in proc.stdout  # nothing ran
+
+
+def test_image_list_paths_stay_in_the_image_folder(tmp_path):
+    from vlprompt.datasets import build_dataset
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    items = [[f"{y}_{i}.png", y, f"class {y}"] for y in (0, 1) for i in range(3)] + [["../secret.png", 0, "class 0"]]
+    for path, _, _ in items:
+        (mine / path).write_bytes(b"not read")
+    (mine / "list.json").write_text(json.dumps(items))
+    cfg = get_cfg_default()
+    cfg.DATASET.ROOT, cfg.DATASET.NAME = str(tmp_path), "ImageList"
+    cfg.DATASET.CUSTOM.DIR, cfg.DATASET.CUSTOM.LIST_FILE = "mine", "list.json"
+    with pytest.raises(PathOutsideDatasetError,
+                       match=r"list.json, entry 6 \('../secret.png'\): the image path leads outside the image folder"):
+        build_dataset(cfg)
