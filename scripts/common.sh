@@ -50,7 +50,26 @@ vlp_parse_args() {
             DATASET.SUBSAMPLE_CLASSES) vlp_die "DATASET.SUBSAMPLE_CLASSES is set by the protocol script" ;;
         esac
     done
+    [ -n "$TRAINER" ] || vlp_die "TRAINER (1st argument) is empty"
+    [ -n "$cfg" ] || vlp_die "CONFIG_NAME (2nd argument) is empty"
+    [ -n "$DATASET" ] || vlp_die "DATASET (3rd argument) is empty"
+    [[ "$SHOTS" =~ ^[0-9]+$ ]] && [ "$SHOTS" -ge 1 ] || vlp_die "SHOTS must be an integer >= 1, got '$SHOTS'"
     [ -n "${DATA:-}" ] || vlp_die "set DATA to the dataset root (the folder given to --root), e.g. DATA=/data bash $0 ..."
+    [ -d "$DATA" ] || vlp_die "DATA=$DATA is not a folder (it must hold the dataset folders, e.g. \$DATA/oxford_pets)"
+    [ -n "$OUTPUT" ] || vlp_die "OUTPUT is set but empty; unset it (default: output) or name a folder"
+    mkdir -p "$OUTPUT" 2>/dev/null && [ -w "$OUTPUT" ] || vlp_die "OUTPUT=$OUTPUT cannot be created or written"
+    command -v "$PYTHON" >/dev/null 2>&1 ||
+        vlp_die "PYTHON=$PYTHON is not an executable (set PYTHON to the interpreter of your environment)"
+    if [ -n "${SOURCE:-}" ]; then
+        vlp_dataset_file "$SOURCE" >/dev/null
+    fi
+    local sub
+    for sub in ${B2N_EVAL:-new all}; do
+        case "$sub" in
+            new | all | base) ;;
+            *) vlp_die "B2N_EVAL takes new, all or base, got '$sub'" ;;
+        esac
+    done
 
     if [ -f "$cfg" ]; then
         CFG_FILE="$cfg"

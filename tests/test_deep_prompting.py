@@ -203,4 +203,4 @@ def test_official_whole_model_checkpoint_reloads_to_same_logits(trainer, tmp_pat
     torch.save({"state_dict": whole, "epoch": 5}, tmp_path / "official" / folder / "model.pth.tar-6")
     with pytest.raises(KeyError, match="unexpected keys \\['prompt_learner.bogus'\\]"):
         train(trainer, data_root, tmp_path / "eval2", "--eval-only", "--model-dir", str(tmp_path / "official"),
-              "--load-epoch", "6")
+              "--load-epoch", "6", "--debug")  # --debug: the CLI raises instead of printing one message

@@ -123,8 +123,25 @@ def discover(root):
         rel = os.path.relpath(folder, root)
         fields = classify(rel.split(os.sep))
         if fields is not None:
-            runs.append(Run(path=os.path.join(folder, "metrics.json"), **fields))
+            path = os.path.join(folder, "metrics.json")
+            metrics = read_metrics(path)
+            if metrics is not None:
+                runs.append(Run(path=path, _metrics=metrics, **fields))
     return runs
+
+
+def read_metrics(path):
+    """The metrics of a run, or None (with a warning naming the file) when the file is unreadable, truncated or
+    lacks the accuracy: one damaged run must not hide the others."""
+    try:
+        with open(path) as f:
+            metrics = json.load(f)
+        if not isinstance(metrics, dict) or not isinstance(metrics.get("accuracy"), (int, float)):
+            raise ValueError("no accuracy in it")
+        return metrics
+    except (OSError, ValueError) as e:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
+        print(f"warning: skipped {path}: unreadable or truncated ({type(e).__name__}: {e})", file=sys.stderr)
+        return None
 
 
 # ---- per-protocol records: (trainer, cfg, dataset, shots, seed) -> {metric: value} ----------------------------

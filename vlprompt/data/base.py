@@ -9,7 +9,8 @@ import random
 from collections import defaultdict
 
 __all__ = [
-    "Datum", "DatasetBase", "split_dataset_by_label", "split_dataset_by_domain", "generate_fewshot_dataset",
+    "Datum", "DatasetBase", "LabelError", "check_split_labels", "split_dataset_by_label", "split_dataset_by_domain",
+    "generate_fewshot_dataset",
     "subsample_classes",
 ]
 
@@ -49,6 +50,38 @@ class Datum:
                 f"classname={self._classname!r})")
 
 
+class LabelError(ValueError):
+    """Labels that do not make a classification task: gaps, or evaluation classes the training set lacks."""
+
+
+def _label_range_problem(labels):
+    """A message when ``labels`` (a set) is not 0..K-1, else ''."""
+    if not labels:
+        return ""
+    expected = set(range(max(labels) + 1))
+    gaps = sorted(expected - labels)
+    if gaps:
+        shown = ", ".join(map(str, gaps[:10])) + (", ..." if len(gaps) > 10 else "")
+        return (f"the training labels must be 0..{max(labels)} without gaps, but no training image has label "
+                f"{shown} (a class the model would have no name for)")
+    return ""
+
+
+def check_split_labels(train, val, test, source):
+    """Training labels are 0..K-1 without gaps, and every val/test label is one of them; LabelError names
+    ``source`` (the file or dataset) and the first offending entry."""
+    train_labels = {item.label for item in train or ()}
+    problem = _label_range_problem(train_labels)
+    if problem:
+        raise LabelError(f"{source}: {problem}")
+    for name, items in (("val", val), ("test", test)):
+        for i, item in enumerate(items or ()):
+            if item.label not in train_labels:
+                raise LabelError(f'{source}: "{name}" entry {i} ({item.impath}) has label {item.label}, which no '
+                                 f"training image has (training labels: 0..{max(train_labels)}): the model cannot "
+                                 f"predict a class it was never given")
+
+
 def split_dataset_by_label(data_source):
     """label -> items, labels in order of first appearance (Dassl's defaultdict; few-shot order depends on it)."""
     output = defaultdict(list)
@@ -79,13 +112,19 @@ def generate_fewshot_dataset(*data_sources, num_shots=-1, repeat=False):
     output = []
     for data_source in data_sources:
         dataset = []
-        for items in split_dataset_by_label(data_source).values():
+        short = []
+        for label, items in split_dataset_by_label(data_source).items():
+            if len(items) < num_shots and not repeat:
+                short.append(f"{label} ({items[0].classname}): {len(items)}")
             if len(items) >= num_shots:
                 dataset.extend(random.sample(items, num_shots))
             elif repeat:
                 dataset.extend(random.choices(items, k=num_shots))
             else:
                 dataset.extend(items)
+        if short:
+            print(f"Warning: {num_shots}-shot sampling: {len(short)} class(es) have fewer images, all of which are "
+                  f"used (label (class): images): {'; '.join(short[:10])}{'; ...' if len(short) > 10 else ''}")
         output.append(dataset)
     return output[0] if len(output) == 1 else output
 

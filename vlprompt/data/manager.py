@@ -1,5 +1,6 @@
 """DataManager: dataset -> transforms -> loaders, with Dassl's samplers, batch dicts and drop_last rule."""
 import multiprocessing
+import os
 import warnings
 
 import torch
@@ -10,7 +11,10 @@ from torch.utils.data.dataloader import default_collate
 
 from vlprompt.datasets import build_dataset
 from vlprompt.engine import distributed as dist_utils
+from vlprompt.utils.run_lock import close_inherited_locks
+from vlprompt.utils.seed import derived_seed, seeded_rng
 
+from .base import check_split_labels
 from .cache import TestPreprocessCache, TrainImageCache, split_cacheable_prefix
 from .transforms import INTERPOLATION_MODES, build_transform
 
@@ -40,6 +44,10 @@ class DatasetWrapper(Dataset):
 
     With DATALOADER.SKIP_BROKEN_IMAGES an undecodable image yields None (dropped by the loader's collate)
     and is counted in ``num_skipped``, shared with worker processes; otherwise it raises BrokenImageError.
+
+    Training augmentation draws its randomness from a generator seeded with (run seed, epoch, item index)
+    (``augment_seed`` and ``set_epoch``), not from the process's random state: the images an epoch sees do not
+    depend on the number of workers, on how long a worker has lived, or on whether the run was resumed.
     """
 
     def __init__(self, cfg, data_source, transform=None, is_train=False):
@@ -50,6 +58,8 @@ class DatasetWrapper(Dataset):
         self.return_img0 = cfg.DATALOADER.RETURN_IMG0
         self.skip_broken = cfg.DATALOADER.SKIP_BROKEN_IMAGES
         self._num_skipped = multiprocessing.Value("l", 0)
+        self._epoch = multiprocessing.Value("q", 0, lock=False)  # shared with persistent worker processes
+        self.augment_seed = None  # set by build_data_loader for training sets
         self.memory_cache = None  # TrainImageCache (training set in memory), see enable_memory_cache()
         self.disk_cache = None  # (TestPreprocessCache, rest of the transform), see enable_disk_cache()
         if self.k_tfm > 1 and transform is None:
@@ -69,6 +79,14 @@ class DatasetWrapper(Dataset):
 
     def __len__(self):
         return len(self.data_source)
+
+    def set_epoch(self, epoch):
+        """The epoch the next items are drawn for (workers read it when they load an item)."""
+        self._epoch.value = int(epoch)
+
+    @property
+    def epoch(self):
+        return self._epoch.value
 
     def enable_memory_cache(self, max_side=0, max_mb=0, threads=1):
         """Keep the decoded images in memory (filled by preload(), before the first epoch)."""
@@ -106,6 +124,17 @@ class DatasetWrapper(Dataset):
             warnings.warn(f"Skipping a broken image (DATALOADER.SKIP_BROKEN_IMAGES): {e}")
             return None
 
+        if self.augment_seed is None or self.transform is None:
+            self._transform(output, img0)
+        else:
+            in_worker = torch.utils.data.get_worker_info() is not None  # nothing else draws from a worker's RNG
+            with seeded_rng(derived_seed(self.augment_seed, self._epoch.value, idx), restore=not in_worker):
+                self._transform(output, img0)
+        if self.return_img0:
+            output["img0"] = self.to_tensor(img0)
+        return output
+
+    def _transform(self, output, img0):
         if self.transform is None:
             output["img"] = img0
         elif isinstance(self.transform, (list, tuple)):
@@ -113,9 +142,6 @@ class DatasetWrapper(Dataset):
                 output["img" if i == 0 else f"img{i + 1}"] = self._augment(tfm, img0)
         else:
             output["img"] = self._augment(self.transform, img0)
-        if self.return_img0:
-            output["img0"] = self.to_tensor(img0)
-        return output
 
     def _augment(self, tfm, img0):
         imgs = [tfm(img0) for _ in range(self.k_tfm)]
@@ -128,19 +154,68 @@ def collate_skipping_broken(batch):
     return default_collate(batch) if batch else None
 
 
+class EpochSampler(dist_utils.DistributedSampler):
+    """The training sampler: the order of epoch e is a fixed function of (seed, e) (a permutation from a
+    generator seeded with seed + e when shuffling), over one process or this rank's share under torchrun, and
+    ``skip`` drops the first items of the next iteration only (a run resumed in the middle of an epoch goes on
+    with the batches it had not seen)."""
+
+    def __init__(self, data_source, shuffle=True, seed=0, drop_last=False):
+        super().__init__(data_source, shuffle=shuffle, seed=seed, drop_last=drop_last)
+        self.skip = 0
+
+    def __iter__(self):
+        order = list(super().__iter__())
+        skip, self.skip = self.skip, 0
+        return iter(order[skip:])
+
+
 class _Loader(DataLoader):
     """A DataLoader that fills its dataset's memory cache before the first iteration (and so before worker
-    processes start) and forwards set_epoch() to a distributed sampler."""
+    processes start) and forwards set_epoch() to its sampler and dataset. An iteration started without a
+    set_epoch() since the last one counts as the next epoch, so a loop that never calls it still gets a new
+    order and new augmentations every time."""
+
+    _epoch = 0
+    _iterations = 0
+    _epoch_was_set = False
 
     def __iter__(self):
         preload = getattr(self.dataset, "preload", None)
         if preload is not None:
             preload()
+        if self._iterations and not self._epoch_was_set:
+            self.set_epoch(self._epoch + 1)
+        self._iterations += 1
+        self._epoch_was_set = False
         return super().__iter__()
 
     def set_epoch(self, epoch):
+        self.__dict__.update(_epoch=int(epoch), _epoch_was_set=True)
         if hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(epoch)
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+
+    def skip_batches(self, num_batches):
+        """Start the next iteration at batch ``num_batches`` of the epoch (training loaders only)."""
+        if not isinstance(self.sampler, EpochSampler):
+            raise TypeError("only a training loader (EpochSampler) can skip batches")
+        self.sampler.skip = int(num_batches) * self.batch_size
+
+
+def _init_worker(worker_id):
+    close_inherited_locks()  # the output folder's lock ends with the main process, not with its workers
+
+
+def run_seed(cfg) -> int:
+    """The seed of the training order and augmentation: SEED, or (SEED < 0, no fixed seed) a random one, the
+    same on every process under torchrun."""
+    if cfg.SEED >= 0:
+        return int(cfg.SEED)
+    if dist_utils.is_distributed():
+        return 0
+    return int.from_bytes(os.urandom(7), "little")
 
 
 def build_data_loader(cfg, sampler_type="SequentialSampler", data_source=None, batch_size=64, n_domain=0,
@@ -156,12 +231,18 @@ def build_data_loader(cfg, sampler_type="SequentialSampler", data_source=None, b
     wrapper = (dataset_wrapper or DatasetWrapper)(cfg, data_source, transform=tfm, is_train=is_train)
     # Dassl drops the last partial batch in training only if at least one full batch exists
     drop_last = is_train and len(data_source) >= batch_size
-    if dist_utils.is_distributed():
-        shuffle = sampler_type == "RandomSampler"
-        sampler = dist_utils.DistributedSampler(data_source, shuffle=shuffle, seed=max(cfg.SEED, 0),
-                                                drop_last=drop_last)
-        if is_train:
+    seed = run_seed(cfg)
+    if is_train:
+        # the order of an epoch and its augmentations are functions of (seed, epoch): see EpochSampler and
+        # DatasetWrapper; a resumed run (any NUM_WORKERS) sees the images an uninterrupted one sees
+        sampler = EpochSampler(data_source, shuffle=sampler_type == "RandomSampler", seed=seed, drop_last=drop_last)
+        if isinstance(wrapper, DatasetWrapper):
+            wrapper.augment_seed = seed
+        if dist_utils.is_distributed():
             batch_size = dist_utils.per_rank_batch_size(batch_size)
+    elif dist_utils.is_distributed():
+        sampler = dist_utils.DistributedSampler(data_source, shuffle=sampler_type == "RandomSampler", seed=seed,
+                                                drop_last=drop_last)
     else:
         sampler = SAMPLERS[sampler_type](data_source)
     workers = cfg.DATALOADER.NUM_WORKERS
@@ -176,6 +257,10 @@ def build_data_loader(cfg, sampler_type="SequentialSampler", data_source=None, b
         pin_memory=torch.cuda.is_available() and cfg.USE_CUDA,
         persistent_workers=workers > 0,
         collate_fn=collate_skipping_broken if cfg.DATALOADER.SKIP_BROKEN_IMAGES else None,
+        # the workers' base seed comes from here, not from the process's torch generator, whose stream (a
+        # resume point) then does not depend on how many loaders were iterated with how many workers
+        generator=torch.Generator().manual_seed(seed),
+        worker_init_fn=_init_worker if workers > 0 else None,
     )
     if len(loader) == 0:
         raise ValueError(f"The data loader is empty ({len(data_source)} items, batch size {batch_size})")
@@ -194,6 +279,9 @@ class DataManager:
         dataset = build_dataset(cfg)
         if dist_utils.is_main_process():
             dist_utils.barrier()
+        # Dassl counts max label + 1 classes and evaluates any label: gaps and classes training lacks are refused
+        check_split_labels(dataset.train_x, dataset.val, dataset.test, f"{cfg.DATASET.NAME} (after few-shot "
+                           f"sampling and SUBSAMPLE_CLASSES {cfg.DATASET.SUBSAMPLE_CLASSES})")
 
         if custom_tfm_train is None:
             tfm_train = build_transform(cfg, is_train=True)

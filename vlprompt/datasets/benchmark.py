@@ -12,10 +12,13 @@ class order), so a split built here equals the one the official code would build
 import json
 import os
 import random
+import warnings
 from collections import defaultdict
 
-from vlprompt.data.base import Datum
-from vlprompt.data.split_dataset import SplitFileDataset, read_split, save_split
+from vlprompt.data.base import Datum, LabelError
+from vlprompt.data.split_dataset import (
+    DataFileError, SplitFileDataset, load_fewshot_cache, save_split, split_from_json,
+)
 
 __all__ = [
     "DATASETS_MD", "DatasetIncompleteError", "DataCheck", "DatasetLayout", "BenchmarkDataset", "listdir_nohidden",
@@ -101,6 +104,7 @@ class DatasetLayout:
     required = ()  # files/folders always needed, besides image_dir
     split_sources = ()  # what the split is built from when split_file is absent (empty: it cannot be)
     sources = {}  # relative path -> where to get it
+    fewshot_cache_keys = ("train", "val")  # what split_fewshot/*.pkl holds
 
     @classmethod
     def guide(cls):
@@ -144,9 +148,13 @@ class DatasetLayout:
                 kind = "file" if os.path.splitext(rel)[1] else "folder"
                 report.missing(f"{kind} {path} not found", cls.source_of(rel))
         listed = cls._check_split(report, dataset_dir) if cls.split_file else None
+        cls._check_fewshot_caches(report, dataset_dir)
         cls.check_more(report, dataset_dir)
         if images and report.ok:
-            listed = listed or cls.listed_images(dataset_dir)
+            try:
+                listed = listed or cls.listed_images(dataset_dir)
+            except ValueError:  # a truncated split file that will be built again (noted above)
+                listed = None
             if listed is not None:
                 paths, listed_in, base = listed
                 report.missing_images(paths, listed_in, base, cls.source_of(cls.image_dir))
@@ -156,9 +164,22 @@ class DatasetLayout:
     def _check_split(cls, report, dataset_dir):
         """The split file's listed_images(), or None (recording why it is missing or unreadable)."""
         split_path = os.path.join(dataset_dir, cls.split_file)
+        buildable = cls.split_sources and all(os.path.exists(os.path.join(dataset_dir, rel))
+                                              for rel in cls.split_sources)
         if os.path.exists(split_path):
             try:
                 return cls.listed_images(dataset_dir)
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                if buildable:  # cut off by a killed build: rebuilt, not downloaded
+                    report.notes.append(f"{cls.split_file} is truncated or damaged (not valid JSON: {e}); it will be "
+                                        f"built again from {', '.join(cls.split_sources)}")
+                else:
+                    report.missing(f"split file {split_path} is truncated or damaged (not valid JSON: {e}): delete "
+                                   f"it and get it again", cls.source_of(cls.split_file))
+                return None
+            except (DataFileError, LabelError) as e:
+                report.missing(str(e), "correct or delete the split file; " + cls.source_of(cls.split_file))
+                return None
             except (ValueError, KeyError, TypeError, IndexError) as e:
                 report.missing(f"split file {split_path} is not a CoOp split file ({type(e).__name__}: {e})",
                                cls.source_of(cls.split_file))
@@ -173,6 +194,24 @@ class DatasetLayout:
         return None
 
     @classmethod
+    def _check_fewshot_caches(cls, report, dataset_dir):
+        """The reader's checks of each few-shot cache in split_fewshot/ (labels, paths inside the dataset)."""
+        folder = os.path.join(dataset_dir, "split_fewshot")
+        if not os.path.isdir(folder):
+            return
+        keys = cls.fewshot_cache_keys
+        for name in sorted(os.listdir(folder)):
+            if not name.endswith(".pkl"):
+                continue
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # unreadable or stale caches are sampled again, not errors
+                    load_fewshot_cache(os.path.join(folder, name), dataset_dir, keys=keys,
+                                       image_dir=_join(dataset_dir, cls.image_dir))
+            except (DataFileError, LabelError) as e:
+                report.missing(str(e), "delete the cache file: the few-shot split is sampled again and cached")
+
+    @classmethod
     def listed_images(cls, dataset_dir):
         """(relative image paths, the file listing them, the folder they are relative to) or None."""
         if not cls.split_file:
@@ -182,9 +221,10 @@ class DatasetLayout:
             return None
         with open(split_path) as f:
             split = json.load(f)
+        base = _join(dataset_dir, cls.image_dir)
+        # the reader's checks: 3 fields per entry, paths inside the image folder, labels 0..K-1 (DataFileError)
+        split_from_json(split, split_path, base)
         paths = [item[0] for key in ("train", "val", "test") for item in split[key]]
-        if not all(isinstance(p, str) for p in paths):
-            raise TypeError("image paths must be strings")
         return paths, cls.split_file, _join(dataset_dir, cls.image_dir)
 
     @classmethod
@@ -200,9 +240,15 @@ class DatasetLayout:
 class BenchmarkDataset(DatasetLayout, SplitFileDataset):
     """A CoOp benchmark reader: layout check, then SplitFileDataset's split -> few-shot -> base/new path."""
 
+    def can_create_split(self):
+        return bool(self.split_sources) and all(os.path.exists(os.path.join(self.dataset_dir, rel))
+                                                for rel in self.split_sources)
+
     def load_split(self):
         if os.path.exists(self.split_path):
-            return read_split(self.split_path, self.image_dir)
+            split = self.read_split_file()
+            if split is not None:
+                return split
         train, val, test = self.create_split()
         # CoOp's Datum asserts every file exists; name the absent ones before writing a split that lists them
         report = DataCheck(type(self).__name__, os.path.dirname(self.dataset_dir), self.dataset_dir, self.guide())

@@ -77,6 +77,7 @@ def _reroot_all(items, dataset_dir):
 class ImageNet(BenchmarkDataset):
     dataset_dir = "imagenet"
     image_dir = "images"
+    fewshot_cache_keys = ("train",)  # CoOp's ImageNet cache holds no val
     split_file = ""
     title = "ImageNet"
     required = ("images/train", "images/val", "classnames.txt")

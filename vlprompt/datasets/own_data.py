@@ -11,7 +11,9 @@ import random
 
 from vlprompt.config import CfgNode, register_config_extension
 from vlprompt.data.base import Datum
-from vlprompt.data.split_dataset import SplitFileDataset, read_split, save_split
+from vlprompt.data.split_dataset import (
+    DataFileError, PathOutsideDatasetError, SplitFileDataset, path_inside, read_split, save_split,
+)
 
 from . import DATASET_REGISTRY
 from .benchmark import DataCheck, DatasetIncompleteError
@@ -135,7 +137,9 @@ class OwnDataset(SplitFileDataset):
 
     def load_split(self):
         if self.split_path and os.path.exists(self.split_path):
-            return read_split(self.split_path, self.image_dir)
+            split = self.read_split_file()  # a truncated file (a killed build) is built again
+            if split is not None:
+                return split
         train, val, test = self.build_split()
         if not train:
             raise ValueError(f"{type(self).__name__}: no training images found in {self.image_dir}")
@@ -229,11 +233,19 @@ class ImageList(OwnDataset):
         return [os.path.join(image_dir, e["path"]) for e in entries]
 
     def build_split(self):
-        entries = self.read_entries(os.path.join(self.dataset_dir, self.custom.LIST_FILE))
+        list_file = os.path.join(self.dataset_dir, self.custom.LIST_FILE)
+        entries = self.read_entries(list_file)
         names = self.classname_map()
         with_label = sum("label" in e for e in entries)
         if with_label not in (0, len(entries)):
             raise ValueError("ImageList: some entries have a label and some do not")
+        for i, e in enumerate(entries):  # as for a split file: paths stay in IMAGE_DIR, labels are integers >= 0
+            if not path_inside(self.image_dir, e["path"]):
+                raise PathOutsideDatasetError(f"ImageList {list_file}, entry {i} ({e['path']!r}): the image path "
+                                              f"leads outside the image folder {self.image_dir}")
+            if with_label and not (str(e["label"]).strip().isdigit()):
+                raise DataFileError(f"ImageList {list_file}, entry {i} ({e['path']!r}): the label must be an "
+                                    f"integer >= 0, got {e['label']!r}")
         if with_label:
             keys = sorted({int(e["label"]) for e in entries})
             labels = [int(e["label"]) for e in entries]

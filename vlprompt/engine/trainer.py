@@ -7,13 +7,14 @@ import json
 import os
 import sys
 import time
-from collections import OrderedDict, defaultdict
+from collections import Counter, OrderedDict, defaultdict
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from vlprompt.data import DataManager
+from vlprompt.utils import stop as stop_request
 from vlprompt.utils.logger import write_json_atomic
 from vlprompt.utils.registry import Registry
 
@@ -116,6 +117,7 @@ class TrainerBase:
         self.device = resolve_device(cfg.DEVICE, cfg.USE_CUDA)
         self.output_dir = cfg.OUTPUT_DIR
         self.start_epoch = self.epoch = 0
+        self.resume_batch = 0  # batches of start_epoch a resume point written mid-epoch (SIGTERM) had done
         self.max_epoch = cfg.OPTIM.MAX_EPOCH
         self._models, self._optims, self._scheds = OrderedDict(), OrderedDict(), OrderedDict()
         self._writer = None
@@ -206,14 +208,15 @@ class TrainerBase:
         module.load_state_dict(mapped, strict=False)
 
     # ---- checkpoints ---------------------------------------------------------------------------------
-    def save_model(self, epoch, directory, val_result=None, model_name="", finished=False):
+    def save_model(self, epoch, directory, val_result=None, model_name="", finished=False, batches_done=0):
         """Written by the first process only (all hold the same weights); the others wait for the files.
-        `finished`: training is over (last epoch or early stop)."""
+        `finished`: training is over (last epoch or early stop). `batches_done`: a resume point in the middle
+        of `epoch`, after that many of its batches."""
         if dist_utils.is_main_process():
-            self._save_model(epoch, directory, val_result, model_name, finished)
+            self._save_model(epoch, directory, val_result, model_name, finished, batches_done)
         dist_utils.barrier()
 
-    def _save_model(self, epoch, directory, val_result=None, model_name="", finished=False):
+    def _save_model(self, epoch, directory, val_result=None, model_name="", finished=False, batches_done=0):
         # Only a checkpoint training may continue from holds the optimizer, scheduler and RNG state; the one
         # written when training is over and model-best (never a resume point) hold the weights alone, which
         # makes them 2x (SGD) to 3x (Adam) smaller. Dassl keeps the optimizer state in every file.
@@ -221,7 +224,7 @@ class TrainerBase:
         for name in self.get_model_names():
             state = {
                 "state_dict": self.trainable_state_dict(name),
-                "epoch": epoch + 1,
+                "epoch": epoch if batches_done else epoch + 1,  # the epochs completed
                 "val_result": val_result,
                 "best_result": self.best_result,
                 "epochs_without_improvement": self.epochs_without_improvement,
@@ -236,6 +239,8 @@ class TrainerBase:
                     state["extras"] = extras
             elif finished:
                 state.update(training_finished=True, max_epoch=self.max_epoch)
+            if batches_done:
+                state["batches_done"] = batches_done
             ckpt.save_checkpoint(state, os.path.join(directory, name), model_name=model_name)
 
     def resume_model_if_exist(self, directory) -> int:
@@ -263,7 +268,9 @@ class TrainerBase:
                 self.best_result = state["best_result"]
             self.epochs_without_improvement = state.get("epochs_without_improvement", 0)
             start_epoch = state["epoch"]
-            print(f'Loaded model weights from "{path}"; previous epoch: {start_epoch}')
+            self.resume_batch = state.get("batches_done", 0)
+            print(f'Loaded model weights from "{path}"; previous epoch: {start_epoch}'
+                  + (f", then {self.resume_batch} batches of epoch {start_epoch + 1}" if self.resume_batch else ""))
             if state.get("training_finished"):  # last epoch or early stop
                 print("Training had finished: nothing left to train")
                 start_epoch = self.max_epoch
@@ -323,10 +330,13 @@ class TrainerBase:
         print_freq = self.cfg.TRAIN.PRINT_FREQ
         if hasattr(self.train_loader_x, "set_epoch"):
             self.train_loader_x.set_epoch(self.epoch)  # a new shuffle per epoch with a distributed sampler
+        skip = self.resume_batch if self.epoch == self.start_epoch else 0
+        if skip:  # resumed from a point in the middle of this epoch: go on with the batches it had not seen
+            self.train_loader_x.skip_batches(skip)
         bar = tqdm(self.train_loader_x, desc=f"epoch {self.epoch + 1}/{self.max_epoch}", leave=False,
                    disable=None if dist_utils.is_main_process() else True, dynamic_ncols=True)
         end = time.time()
-        for self.batch_idx, batch in enumerate(bar):
+        for self.batch_idx, batch in enumerate(bar, start=skip):
             data_time.update(time.time() - end)
             last_batch = self.batch_idx + 1 == self.num_batches
             if batch is None:  # every image of the batch was broken and skipped (DATALOADER.SKIP_BROKEN_IMAGES)
@@ -360,9 +370,30 @@ class TrainerBase:
             for k, m in meters.items():
                 self.write_scalar("train/" + k, m.val, step)
             self.write_scalar("train/lr", self.get_current_lr(), step)
+            if not last_batch and self.stop_requested():
+                bar.close()
+                self.stop_with_resume_point()
             end = time.time()
         bar.close()
         self._report_skipped()
+
+    def stop_requested(self) -> bool:
+        """A SIGTERM arrived (vlprompt.utils.stop); under torchrun, on any of the processes."""
+        asked = stop_request.requested() is not None
+        if dist_utils.is_distributed():
+            flag = torch.tensor([float(asked)], device=self.device)
+            torch.distributed.all_reduce(flag)
+            asked = flag.item() > 0
+        return asked
+
+    def stop_with_resume_point(self):
+        """Write a resume point after the current batch (not the last of the epoch: after_epoch handles that)
+        and raise TrainingInterrupted (the CLI says how to resume)."""
+        done = self.batch_idx + 1
+        self.save_model(self.epoch, self.output_dir, batches_done=done, model_name=ckpt.INTERRUPTED_NAME)
+        raise stop_request.TrainingInterrupted(
+            f"Stopped by {stop_request.requested() or 'a stop request'} after epoch {self.epoch + 1} batch {done} "
+            f"of {self.num_batches}; resume point written in {self.output_dir}")
 
     def _report_skipped(self):
         skipped = self.dm.num_skipped_images
@@ -388,6 +419,12 @@ class TrainerBase:
                 self.stop_early = True
         if meet_checkpoint_freq or last_epoch or self.stop_early:
             self.save_model(self.epoch, self.output_dir, finished=last_epoch or self.stop_early)
+        if not (last_epoch or self.stop_early) and self.stop_requested():
+            if not meet_checkpoint_freq:
+                self.save_model(self.epoch, self.output_dir)
+            raise stop_request.TrainingInterrupted(
+                f"Stopped by {stop_request.requested() or 'a stop request'} after epoch {self.epoch + 1}; "
+                f"resume point written in {self.output_dir}")
         self.evaluate_every()
 
     # ---- learning curves (TEST.EVAL_EVERY) ------------------------------------------------------------
@@ -580,6 +617,9 @@ class TrainerBase:
                        dataset=self.cfg.DATASET.NAME, subsample_classes=self.cfg.DATASET.SUBSAMPLE_CLASSES,
                        num_shots=self.cfg.DATASET.NUM_SHOTS, seed=self.cfg.SEED,
                        trainer=self.cfg.TRAINER.NAME, epoch=self.epoch + 1)
+        if self.cfg.DATASET.NUM_SHOTS > 0:  # the shots a class really had (fewer where it has fewer images)
+            shots = Counter(item.label for item in self.dm.dataset.train_x).values()
+            metrics["shots_used"] = {"min": min(shots), "max": max(shots)}
         if "per_class_accuracy" in ev.details:
             metrics["per_class_accuracy"] = ev.details["per_class_accuracy"]
         base_new = ev.base_new_results()

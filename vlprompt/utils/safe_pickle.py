@@ -21,7 +21,8 @@ import types
 import numpy as np
 import torch
 
-__all__ = ["PickledGlobal", "RestrictedUnpickler", "load", "loads", "torch_load", "default_allowed_globals"]
+__all__ = ["PickledGlobal", "RestrictedUnpickler", "StorageTooLargeError", "load", "loads", "torch_load",
+           "default_allowed_globals"]
 
 
 def _numpy_core():
@@ -192,10 +193,52 @@ def loads(data: bytes, allowed=None):
     return load(io.BytesIO(data), allowed=allowed)
 
 
-def _pickle_module(allowed):
+class StorageTooLargeError(ValueError):
+    """A pickled tensor storage declares more bytes than its file could hold."""
+
+
+def _storage_nbytes(saved_id):
+    """Bytes a torch persistent id ('storage', storage_type, key, location, numel[, view]) asks to allocate."""
+    if not (isinstance(saved_id, tuple) and len(saved_id) >= 5 and saved_id[0] == "storage"):
+        return 0
+    storage_type, numel = saved_id[1], saved_id[4]
+    if not isinstance(numel, int):
+        return 0
+    dtype = getattr(storage_type, "dtype", torch.uint8)
+    if storage_type is torch.UntypedStorage or not isinstance(dtype, torch.dtype):
+        dtype = torch.uint8
+    return numel * torch._utils._element_size(dtype)
+
+
+class _SizeGuardedUnpickler(RestrictedUnpickler):
+    """torch.load sets ``persistent_load`` to the function that allocates and reads each storage; this wraps
+    it so a storage whose declared size exceeds ``max_storage_bytes`` is refused before any allocation."""
+
+    max_storage_bytes = None
+
+    @property
+    def persistent_load(self):
+        return pickle.Unpickler.__dict__["persistent_load"].__get__(self)
+
+    @persistent_load.setter
+    def persistent_load(self, function):
+        limit = self.max_storage_bytes
+
+        def guarded(saved_id):
+            nbytes = _storage_nbytes(saved_id)
+            if limit is not None and nbytes > limit:
+                raise StorageTooLargeError(
+                    f"a tensor storage declares {nbytes:,} bytes, more than the {limit:,} bytes of the file")
+            return function(saved_id)
+
+        pickle.Unpickler.__dict__["persistent_load"].__set__(self, guarded)
+
+
+def _pickle_module(allowed, max_storage_bytes=None):
     """A module-like object for ``torch.load(pickle_module=...)``: torch subclasses its ``Unpickler`` and
     calls the module-level ``load`` for the legacy format's headers, so both must be restricted."""
-    unpickler = type("Unpickler", (RestrictedUnpickler,), {"extra_allowed": dict(allowed or {})})
+    unpickler = type("Unpickler", (_SizeGuardedUnpickler,), {"extra_allowed": dict(allowed or {}),
+                                                             "max_storage_bytes": max_storage_bytes})
     module = types.ModuleType("vlprompt_safe_pickle")
     module.Unpickler = unpickler
     module.load = lambda file, **kwargs: unpickler(file, **kwargs).load()
@@ -203,6 +246,8 @@ def _pickle_module(allowed):
     return module
 
 
-def torch_load(path, map_location="cpu", allowed=None):
-    """``torch.load`` of a checkpoint from anywhere: tensors load as usual, foreign objects as stubs."""
-    return torch.load(path, map_location=map_location, weights_only=False, pickle_module=_pickle_module(allowed))
+def torch_load(path, map_location="cpu", allowed=None, max_storage_bytes=None):
+    """``torch.load`` of a checkpoint from anywhere: tensors load as usual, foreign objects as stubs.
+    ``max_storage_bytes``: refuse (StorageTooLargeError) a storage declaring more bytes, before allocating it."""
+    return torch.load(path, map_location=map_location, weights_only=False,
+                      pickle_module=_pickle_module(allowed, max_storage_bytes))
