@@ -271,7 +271,10 @@ def load_clip(name: str, path: str = "", device="cpu", random_weights: bool = Fa
     random init, so two processes build the same model (a checkpoint trained on one evaluates identically in
     another). random_weights does the same for any architecture (benchmarks).
     """
-    arch, _, pretrained_cfg = resolve_pretrained(name, pretrained)
+    if path or random_weights:  # no tag to look up: the architecture is the one named
+        arch, pretrained_cfg = resolve_architecture(name), None
+    else:
+        arch, _, pretrained_cfg = resolve_pretrained(name, pretrained)
     if arch != resolve_architecture(name):
         print(f"CLIP backbone {name}: its weights were trained with {'Quick' if 'quickgelu' in arch else ''}GELU; "
               f"building the architecture {arch}")
