@@ -151,20 +151,21 @@ def check_resume_config(cfg, allow_changes):
 def context_length_problems(cfg):
     """The active trainer's N_CTX* keys below 1 where that prompt is used: TRAINER.<NAME>.N_CTX<suffix> needs a
     context vector unless its PROMPT_DEPTH<suffix> exists and is 0 (that tower is not prompted)."""
-    node = cfg.TRAINER.get(cfg.TRAINER.NAME.upper()) if cfg.TRAINER.NAME else None
+    name = cfg.TRAINER.NAME
+    key = getattr(TRAINER_REGISTRY.get(name), "config_key", "") if name in TRAINER_REGISTRY else name.upper()
+    node = cfg.TRAINER.get(key) if key else None  # the trainer's own node (CoPrompt's is mixed case)
     if not hasattr(node, "items"):
         return []
     problems = []
-    for key, value in node.items():
-        if not key.startswith("N_CTX") or not isinstance(value, int) or value >= 1:
+    for ctx_key, value in node.items():
+        if not ctx_key.startswith("N_CTX") or not isinstance(value, int) or value >= 1:
             continue
-        depth_key = "PROMPT_DEPTH" + key[len("N_CTX"):]
+        depth_key = "PROMPT_DEPTH" + ctx_key[len("N_CTX"):]
         depth = node.get(depth_key)
         if isinstance(depth, int) and depth < 1:
             continue
-        why = f" (TRAINER.{cfg.TRAINER.NAME.upper()}.{depth_key} is {depth})" if depth is not None else ""
-        problems.append(f"TRAINER.{cfg.TRAINER.NAME.upper()}.{key} is {value}: {cfg.TRAINER.NAME} needs at least "
-                        f"1 context vector there{why}")
+        why = f" (TRAINER.{key}.{depth_key} is {depth})" if depth is not None else ""
+        problems.append(f"TRAINER.{key}.{ctx_key} is {value}: {name} needs at least 1 context vector there{why}")
     return problems
 
 
