@@ -472,17 +472,7 @@ class TrainerBase:
         try:
             evaluator.reset()
             evaluator.base_new = base_run
-            state = self.inference_state()
-            indices = []
-            for batch in tqdm(loader, desc=f"eval every {self.cfg.TEST.EVAL_EVERY}", leave=False,
-                              dynamic_ncols=True, disable=None if dist_utils.is_main_process() else True):
-                if batch is None:
-                    continue
-                images, labels = self.parse_batch(batch)
-                evaluator.process(self.model_inference(images, state).float(), labels)
-                indices.append(torch.as_tensor(batch["index"]).view(-1))
-            if dist_utils.is_distributed():
-                self._gather_evaluation(indices, {}, False)
+            self._evaluate_loader(loader, f"eval every {self.cfg.TEST.EVAL_EVERY}")
             results = evaluator.evaluate(verbose=False)
             record = {"epoch": self.epoch + 1, "split": "test", "num_samples": evaluator.details["total"],
                       **{k: float(v) for k, v in results.items()}}
@@ -554,23 +544,7 @@ class TrainerBase:
             split = "test"
         print(f"Evaluate on the *{split}* set")
         keep = split != "val" and (self.cfg.TEST.SAVE_LOGITS or self.cfg.TEST.SAVE_PREDICTIONS)
-        kept = {"logits": [], "label": [], "impath": []}
-        indices = []
-        state = self.inference_state()
-        for batch in tqdm(loader, desc=f"eval {split}", leave=False, dynamic_ncols=True,
-                          disable=None if dist_utils.is_main_process() else True):
-            if batch is None:
-                continue
-            images, labels = self.parse_batch(batch)
-            logits = self.model_inference(images, state).float()
-            self.evaluator.process(logits, labels)
-            indices.append(torch.as_tensor(batch["index"]).view(-1))
-            if keep:
-                kept["logits"].append(logits.cpu())
-                kept["label"].append(labels.cpu())
-                kept["impath"].extend(batch["impath"])
-        if dist_utils.is_distributed():
-            kept = self._gather_evaluation(indices, kept, keep)
+        kept = self._evaluate_loader(loader, f"eval {split}", keep)
         self._report_skipped()
         results = self.evaluator.evaluate(verbose=dist_utils.is_main_process())
         for k, v in results.items():
@@ -588,6 +562,28 @@ class TrainerBase:
                 if self.cfg.TEST.SAVE_PREDICTIONS:
                     self._write_predictions(kept)
         return list(results.values())[0]
+
+    def _evaluate_loader(self, loader, desc, keep=False):
+        """The model over `loader` into self.evaluator, the image-independent state computed once; with several
+        processes the results are gathered. Returns the logits, labels and image paths when `keep`."""
+        kept = {"logits": [], "label": [], "impath": []}
+        indices = []
+        state = self.inference_state()
+        for batch in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True,
+                          disable=None if dist_utils.is_main_process() else True):
+            if batch is None:
+                continue
+            images, labels = self.parse_batch(batch)
+            logits = self.model_inference(images, state).float()
+            self.evaluator.process(logits, labels)
+            indices.append(torch.as_tensor(batch["index"]).view(-1))
+            if keep:
+                kept["logits"].append(logits.cpu())
+                kept["label"].append(labels.cpu())
+                kept["impath"].extend(batch["impath"])
+        if dist_utils.is_distributed():
+            kept = self._gather_evaluation(indices, kept, keep)
+        return kept
 
     def _gather_evaluation(self, indices, kept, keep):
         """Every process's per-sample predictions (and kept logits), in dataset order with the duplicates that
