@@ -197,7 +197,8 @@ def test_every_trainer_on_a_gelu_tower_of_other_widths(tiny_gelu_hub, name):
         before = {k: v.clone() for k, v in trainer.trainable_state_dict(name0).items()}
         trainer.set_model_mode("train")
         trainer.epoch = trainer.batch_idx = trainer.num_batches = 0
-        summary = trainer.forward_backward({"img": images, "label": labels})
+        views = [images, images.flip(-1)] if name.startswith("CoPrompt") else images  # CoPrompt: two views
+        summary = trainer.forward_backward({"img": views, "label": labels})
         assert torch.isfinite(torch.tensor(summary["loss"]))
         after = trainer.trainable_state_dict(name0)
         assert any(not torch.equal(before[k], after[k]) for k in before)
