@@ -296,13 +296,13 @@ def test_coprompt_dataset_table_is_a_default_the_command_line_overrides(tmp_path
 PAIRS = [("IVLP", []), ("MaPLe", []), ("BMIP", [])] + [
     (trainer, [f"TRAINER.{node}.FOUNDATION", foundation])
     for trainer, node in (("PromptSRC", "PROMPTSRC"), ("CoPrompt", "CoPrompt"))
-    for foundation in ("IVLP", "MaPLe", "BMIP")]
+    for foundation in ("IVLP", "MaPLe", "BMIP", "HiCroPL")]
 
 
 @pytest.mark.parametrize("trainer,extra", PAIRS, ids=lambda p: p if isinstance(p, str) else "-".join(p[1:]))
 def test_every_structure_and_objective_trains_and_lowers_the_loss(data_root, tmp_path, trainer, extra):
     small = ["TRAINER.IVLP.PROMPT_DEPTH_TEXT", "3", "TRAINER.IVLP.PROMPT_DEPTH_VISION", "3", "TRAINER.MAPLE.PROMPT_DEPTH",
-             "3", "TRAINER.BMIP.PROMPT_DEPTH", "3"]
+             "3", "TRAINER.BMIP.PROMPT_DEPTH", "3", "TRAINER.HICROPL.CROSS_LAYER", "2"]
     assert run(data_root, tmp_path / "cli", trainer, "OPTIM.MAX_EPOCH", "1", "DATASET.NUM_SHOTS", "1", *small,
                *extra) == 0
     assert (tmp_path / "cli/metrics.json").is_file()
@@ -391,7 +391,7 @@ def test_official_checkpoints_reload_to_identical_logits(data_root, descriptions
 
 # ---- bad input ----------------------------------------------------------------------------------------------
 def test_bad_settings_are_named(data_root, tmp_path, descriptions, capsys):
-    with pytest.raises(ValueError, match="TRAINER.PROMPTSRC.FOUNDATION is 'CoOp'; choose one of BMIP, IVLP, MaPLe"):
+    with pytest.raises(ValueError, match="TRAINER.PROMPTSRC.FOUNDATION is 'CoOp'; choose one of BMIP, HiCroPL, IVLP, MaPLe"):
         build_trainer(data_root, "PromptSRC", "TRAINER.PROMPTSRC.FOUNDATION", "CoOp")
     with pytest.raises(ValueError, match="TRAINER.PROMPTSRC.GPA_STD is 0; it must be > 0"):
         build_trainer(data_root, "PromptSRC", "TRAINER.PROMPTSRC.GPA_STD", "0")

@@ -1,7 +1,7 @@
 """Methods compose: a prompt STRUCTURE (how each layer's prompts are made) trained under an OBJECTIVE (the loss,
 and what it needs beyond the structure).
 
-- A structure is a PromptedCLIP subclass registered in STRUCTURE_REGISTRY (IVLP, MaPLe, BMIP). It reads its own
+- A structure is a PromptedCLIP subclass registered in STRUCTURE_REGISTRY (IVLP, MaPLe, BMIP, HiCroPL). It reads its own
   node cfg.TRAINER.<config_key>, makes the text features (class_state()["text"]) and the prompted image
   features (encode_image(images, state)), and knows the official checkpoint keys of its parameters.
 - An objective is registered in OBJECTIVE_REGISTRY (CE here; PromptSRC, CoPrompt in their files). It is built

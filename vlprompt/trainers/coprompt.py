@@ -16,7 +16,7 @@
   --eval-only run with --model-dir takes the structure's sizes from that run's config.yaml, so a cross-dataset
   or domain-generalization evaluation rebuilds the trained structure (officially the target's table entry).
 
-Trainers: `CoPrompt` (structure TRAINER.CoPrompt.FOUNDATION: MaPLe (official), IVLP or BMIP) and `CoPrompt_BMIP`
+Trainers: `CoPrompt` (structure TRAINER.CoPrompt.FOUNDATION: MaPLe (official), IVLP, BMIP or HiCroPL) and `CoPrompt_BMIP`
 (FOUNDATION BMIP; there is no official code: this project's reading of BMIP's Table 4, see docs/methods.md).
 """
 import os
@@ -60,7 +60,7 @@ def add_coprompt_config(cfg):
     c.CTX_INIT = "a photo of a"
     c.PREC = "fp16"
     c.PROMPT_DEPTH = 9
-    c.FOUNDATION = "MaPLe"  # the prompt structure: MaPLe (official) | IVLP | BMIP
+    c.FOUNDATION = "MaPLe"  # the prompt structure: MaPLe (official) | IVLP | BMIP | HiCroPL
     # class descriptions, as TRAINER.HICROPL.DESCRIPTIONS: a JSON file or a folder of <dataset>_prompt.json files;
     # "": gpt_file/ of the working folder when it has this dataset's file (the official place), else CLIP's templates
     c.DESCRIPTIONS = ""

@@ -37,7 +37,8 @@ from vlprompt.clip.text_prompt import ClassPromptTemplate, deep_prompt_context
 from vlprompt.config import CfgNode, register_config_extension
 from vlprompt.engine.trainer import TRAINER_REGISTRY
 
-from .base import CLIPPromptTrainer, PromptedCLIP, check_depth, prompt_vectors
+from .base import CLIPPromptTrainer, PromptedCLIP, check_depth, map_official_key, prompt_vectors
+from .compose import STRUCTURE_REGISTRY
 from .text_targets import cached_text_targets, class_sentences, find_descriptions  # noqa: F401 (find_descriptions: API)
 from .zsclip import ensemble_text_features
 
@@ -189,22 +190,58 @@ def fuse(features: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     return F.normalize(F.normalize(features.float(), dim=-1) + teacher, dim=-1)
 
 
-class HiCroPLModel(PromptedCLIP):
-    def __init__(self, clip_model, tokenizer, classnames, c, teacher_text, teacher_image_encoder=None):
-        """teacher_text: the fixed normalised class embeddings [C, embed]; teacher_image_encoder: a frozen
-        image tower of another CLIP, or None to use this CLIP's own tower without prompts."""
+@STRUCTURE_REGISTRY.register(name="HiCroPL")
+class HiCroPLPrompts(PromptedCLIP):
+    """HiCroPL's prompt structure alone (prompts at every layer, knowledge mapper and proxies), without its
+    teacher fusion and distillation: the foundation other objectives (PromptSRC, CoPrompt) can run over. Under
+    another objective the mapper is differentiable (MAPPER_MODE official writes parameters from HiCroPL's own
+    training step only)."""
+
+    config_key = "HICROPL"
+
+    def __init__(self, clip_model, tokenizer, classnames, c):
         super().__init__(clip_model)
         self.prompt_learner = CrossModalPromptLearner(self.text_encoder, self.image_encoder, tokenizer, classnames, c)
-        self.teacher_image_encoder = teacher_image_encoder
-        self.register_buffer("teacher_text", teacher_text.float(), persistent=False)
+
+    @classmethod
+    def from_config(cls, clip_model, tokenizer, classnames, node, cfg):
+        return cls(clip_model, tokenizer, classnames, node)
+
+    @staticmethod
+    def apply_sizes(node, sizes):
+        node.N_CTX, node.PROMPT_DEPTH, node.CTX_INIT = sizes.n_text, sizes.depth, sizes.ctx_init
+        node.CROSS_LAYER = min(node.CROSS_LAYER, sizes.depth)
+
+    @staticmethod
+    def official_key(key, node):
+        key = map_official_key(key, HiCroPL.official_key_map)
+        return None if key == "ctx" else key  # officially the same parameter as cross_prompts_text.0
 
     def class_state(self):
         pl = self.prompt_learner
         text, vision = pl.layer_prompts()
         features = self.text_encoder(pl.template.assemble(text[0]), pl.template.eot_index,
                                      deep_prompts=[None, *text[1:]])
-        return {"text": fuse(features, self.teacher_text), "vision_first": vision[0],
-                "vision_deep": [None, *vision[1:]]}
+        return {"text": features, "vision_first": vision[0], "vision_deep": [None, *vision[1:]]}
+
+    def encode_image(self, images, state):
+        return self.image_encoder(images, prompts=state["vision_first"], deep_prompts=state["vision_deep"])
+
+
+class HiCroPLModel(HiCroPLPrompts):
+    """HiCroPL's structure with its teacher fusion at training and test time and its distillation loss."""
+
+    def __init__(self, clip_model, tokenizer, classnames, c, teacher_text, teacher_image_encoder=None):
+        """teacher_text: the fixed normalised class embeddings [C, embed]; teacher_image_encoder: a frozen
+        image tower of another CLIP, or None to use this CLIP's own tower without prompts."""
+        super().__init__(clip_model, tokenizer, classnames, c)
+        self.teacher_image_encoder = teacher_image_encoder
+        self.register_buffer("teacher_text", teacher_text.float(), persistent=False)
+
+    def class_state(self):
+        state = super().class_state()
+        state["text"] = fuse(state["text"], self.teacher_text)
+        return state
 
     def teacher_image_features(self, images):
         encoder = self.teacher_image_encoder if self.teacher_image_encoder is not None else self.image_encoder
@@ -214,8 +251,7 @@ class HiCroPLModel(PromptedCLIP):
     def image_features(self, images, state):
         """(fused image features, teacher image features), both normalised."""
         teacher = self.teacher_image_features(images)
-        own = self.image_encoder(images, prompts=state["vision_first"], deep_prompts=state["vision_deep"])
-        return fuse(own, teacher), teacher
+        return fuse(self.encode_image(images, state), teacher), teacher
 
     def logits(self, images, state):
         return self.similarity(self.image_features(images, state)[0], state["text"])

@@ -18,7 +18,7 @@ that, e.g. per-epoch validation, use the current ones, as officially). Here only
 aggregated, in fp32 (officially the whole state dict, frozen CLIP included, in fp16), and the running sum is
 kept in resume points, so --resume reproduces an uninterrupted run (officially it is lost).
 
-Trainers: `PromptSRC` (structure TRAINER.PROMPTSRC.FOUNDATION: IVLP (official), MaPLe or BMIP) and
+Trainers: `PromptSRC` (structure TRAINER.PROMPTSRC.FOUNDATION: IVLP (official), MaPLe, BMIP or HiCroPL) and
 `PromptSRC_BMIP` (the BMIP repository's trainer: BMIP's structure, CLIP's 80 templates).
 """
 import torch
@@ -45,14 +45,14 @@ def add_promptsrc_config(cfg):
     c.PREC = "fp16"
     c.PROMPT_DEPTH_VISION = 9  # IVLP foundation
     c.PROMPT_DEPTH_TEXT = 9  # IVLP foundation
-    c.PROMPT_DEPTH = 9  # MaPLe and BMIP foundations (the BMIP repository's key)
+    c.PROMPT_DEPTH = 9  # MaPLe, BMIP and HiCroPL foundations (the BMIP repository's key)
     c.N_CTX = 4  # the BMIP repository's key; unused there and here
     c.CONNECT_METHOD = "None"  # the BMIP repository's key; BMIP's own TRAINER.BMIP.CONNECT_METHOD is read
     c.TEXT_LOSS_WEIGHT = 25  # ints, as the official defaults (the YAMLs give ints)
     c.IMAGE_LOSS_WEIGHT = 10
     c.GPA_MEAN = 15
     c.GPA_STD = 1
-    c.FOUNDATION = "IVLP"  # the prompt structure: IVLP (official) | MaPLe | BMIP
+    c.FOUNDATION = "IVLP"  # the prompt structure: IVLP (official) | MaPLe | BMIP | HiCroPL
     c.TEXT_TEMPLATES = ""  # "": the trainer's own (PromptSRC: promptsrc60, PromptSRC_BMIP: clip80)
 
 
