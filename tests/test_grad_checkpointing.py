@@ -62,7 +62,8 @@ def test_no_recomputation_without_autograd(tiny_clip, tokenizer):
     encoder = PromptedImageEncoder(tiny_clip)
     encoder.grad_checkpointing = True
     calls = []
-    handles = [b.ln_2.register_forward_hook(lambda *args: calls.append(1)) for b in encoder.visual.transformer.resblocks]
+    handles = [block.ln_2.register_forward_hook(lambda *args: calls.append(1))
+               for block in encoder.visual.transformer.resblocks]
     with torch.no_grad():
         encoder(torch.randn(1, 3, 224, 224), prompts=torch.randn(2, encoder.width))
     for h in handles:

@@ -223,9 +223,9 @@ class PromptedTextEncoder(nn.Module):
         """Text features [N, embed_dim] from input embeddings [N, L, d] and EOT positions [N].
 
         truncate: run each prompt only up to its EOT position: prompts are grouped by length (length_groups,
-        with the device's fixed cost of a pass) and each group runs up to its own longest EOT. Exact: the causal mask keeps every EOT output
-        independent of later positions. With a hook (which may look at the whole batch, as BMIP's does) all
-        prompts run together up to the last EOT.
+        with the device's fixed cost of a pass) and each group runs up to its own longest EOT. Exact: the
+        causal mask keeps every EOT output independent of later positions. With a hook (which may look at the
+        whole batch, as BMIP's does) all prompts run together up to the last EOT.
         """
         if not truncate:
             return self._run(embeddings, eot_index, embeddings.shape[1], deep_prompts, hook)
