@@ -1,16 +1,19 @@
 """Speed of vlprompt's shared paths against the naive (official) ones, and the cost of training each method,
 measured side by side in one run on whatever device is present.
 
-  python tools/benchmark.py [--device D] [--classes N] [--quick] [--json FILE]
+  python tools/benchmark.py [--device D] [--classes N [N ...]] [--quick] [--grad-checkpointing] [--json FILE]
 
 Uses a ViT-B/16-sized CLIP with random weights (timings do not depend on the values). Each pair is timed
 interleaved (A, B, A, B, ...) and reported as the median ratio with its range, because these CPUs slow down
 under sustained load: absolute times are printed but only the ratios are comparable across runs.
 
-Training: CoOp, MaPLe, BMIP and HiCroPL are built as `train.py` builds them (the registered trainer class
-from the official config, with a class list of --classes names) and step on random 224x224 images with
-random labels at the configs' batch sizes: step time, images/s, peak memory, and the size of the checkpoint
-the trainer writes against the whole-model checkpoint the official code writes.
+Training: CoOp, IVLP, MaPLe, BMIP and HiCroPL (in both mapper modes) are built as `train.py` builds them (the
+registered trainer class from the official config, with a class list of N names, for each N of --classes)
+and step on random images with random labels at the configs' batch sizes, interleaved with a re-creation of
+the official training step on the same parameters (see "the official training step, re-created" below):
+the speedup (official step time / ours) and both peak memories per class count; at the largest count also
+images/s and the size of the checkpoint the trainer writes against the whole-model checkpoint the official
+code writes. --grad-checkpointing adds each trainer's step with TRAIN.GRAD_CHECKPOINTING on.
 """
 import argparse
 import contextlib
@@ -90,6 +93,7 @@ def ratio_summary(slow, fast):
 TRAINER_CONFIGS = {name: config_file(name) for name in ("CoOp", "IVLP", "MaPLe", "BMIP", "HiCroPL")}
 # HiCroPL is timed once per mapper mode (table row: TRAINER.HICROPL.MAPPER_MODE), against one official step
 MODE_ROWS = {"HiCroPL": {"HiCroPL": "differentiable", "HiCroPL-official": "official"}}
+QUICK_TRAINERS = ("IVLP", "MaPLe", "BMIP", "HiCroPL")  # the deep-prompting methods, whose speed is in question
 # Weight dtype of the official checkpoints for each PREC: the official code keeps CLIP (and the prompts) in
 # fp16 with PREC fp16 and in fp32 otherwise.
 OFFICIAL_WEIGHT_DTYPE = {"fp16": torch.float16, "fp32": torch.float32, "amp": torch.float32,
@@ -582,13 +586,16 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="auto")
     p.add_argument("--classes", type=int, nargs="+", default=[10, 100, 1000],
-                   help="class counts of the training sweep; the text passes use the largest (1000: ImageNet)")
+                   help="class counts of the training sweep (1000: ImageNet trained on all classes)")
+    p.add_argument("--text-classes", type=int, default=0,
+                   help="classes of the text-encoder and evaluation measurements (0: the largest of --classes)")
     p.add_argument("--batch-size", type=int, default=100, help="test batch size (the official default is 100)")
     p.add_argument("--eval-images", type=int, default=50000,
                    help="size of the evaluation the per-image costs are given for (ImageNet's 50,000)")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--trainers", default=",".join(TRAINER_CONFIGS),
-                   help="comma-separated trainers to time (their official configs are in TRAINER_CONFIGS)")
+    p.add_argument("--trainers", default="",
+                   help="comma-separated trainers to time (default: all of TRAINER_CONFIGS; --quick: "
+                        "those of QUICK_TRAINERS)")
     p.add_argument("--train-steps", type=int, default=3,
                    help="timed training steps per trainer and path, interleaved (after 1 warm-up round)")
     p.add_argument("--train-batch-size", type=int, default=0,
@@ -597,7 +604,8 @@ def main(argv=None):
     p.add_argument("--checkpoint-dir", default="",
                    help="keep the trainers' checkpoints in this folder (default: a temporary folder, removed)")
     p.add_argument("--quick", action="store_true",
-                   help="classes 10 and 100, test batches of 10, 2 repeats; training: batches of 2, 2 timed steps")
+                   help="text passes at 50 classes, test batches of 10, 2 repeats; training IVLP, MaPLe, BMIP and "
+                        "HiCroPL at 10 and 100 classes, batches of 2, 2 timed rounds")
     p.add_argument("--no-official", action="store_true",
                    help="do not time the re-created official step (e.g. for 1000 classes with --grad-checkpointing)")
     p.add_argument("--grad-checkpointing", action="store_true",
@@ -607,11 +615,15 @@ def main(argv=None):
     p.add_argument("--json", default="", help="also write the results to this JSON file (after each section)")
     args = p.parse_args(argv)
     if args.quick:
-        args.classes, args.batch_size, args.repeats = [10, 100], 10, 2
+        args.classes, args.text_classes, args.batch_size, args.repeats = [10, 100], 50, 10, 2
         args.train_batch_size, args.train_steps = 2, 2
-        print("--quick: classes 10 and 100 (text passes at 100), test batches of 10, 2 interleaved repeats; "
-              "training: batches of 2 instead of the official batch sizes, 2 timed rounds after 1 warm-up")
+        args.trainers = args.trainers or ",".join(QUICK_TRAINERS)
+        print("--quick: text passes at 50 classes, test batches of 10, 2 interleaved repeats; training "
+              f"{args.trainers.replace(',', ', ')} at 10 and 100 classes, batches of 2 instead of the official batch "
+              "sizes, 2 timed rounds after 1 warm-up")
     args.classes = sorted(set(args.classes))
+    args.text_classes = args.text_classes or args.classes[-1]
+    args.trainers = args.trainers or ",".join(TRAINER_CONFIGS)
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     trainer_names = [t for t in args.trainers.split(",") if t]
     unknown = [t for t in trainer_names if t not in TRAINER_CONFIGS]
@@ -621,8 +633,8 @@ def main(argv=None):
 
     print(f"Building a randomly initialised {args.backbone} on {device} ...")
     cpu_clip = load_clip(args.backbone, random_weights=True)  # the trainers get copies of it
-    results = {"device": str(device), "classes": args.classes, "backbone": args.backbone, "quick": args.quick,
-               "torch_threads": torch.get_num_threads()}
+    results = {"device": str(device), "classes": args.classes, "text_classes": args.text_classes,
+               "backbone": args.backbone, "quick": args.quick, "torch_threads": torch.get_num_threads()}
     if not args.training_only:
         results.update(measure_text_and_evaluation(cpu_clip, args, device))
         print_speed_table(results, args, device)
@@ -644,7 +656,7 @@ def measure_text_and_evaluation(cpu_clip, args, device):
     clip_model = copy.deepcopy(cpu_clip).to(device)
     tokenizer = get_tokenizer("ViT-B/16")
     cfg = get_cfg_default().TRAINER.COOP  # CoOp's defaults: 16 learnable context tokens
-    model = CoOpModel(clip_model, tokenizer, class_names(args.classes[-1]), cfg).to(device).eval()
+    model = CoOpModel(clip_model, tokenizer, class_names(args.text_classes), cfg).to(device).eval()
     template = model.prompt_learner.template
     full_tokens = tokenizer([f"{template.prefix} {n}." for n in template.classnames]).to(device)
     results = {}
@@ -702,7 +714,7 @@ def print_speed_table(results, args, device):
     text_rows, ev = results["text_truncation"], results["eval_cache"]
     cache_only = ev["cache_only"]
     print()
-    print(f"| measurement ({args.classes[-1]} classes, {device}) | naive | vlprompt | speedup (median, range) |")
+    print(f"| measurement ({args.text_classes} classes, {device}) | naive | vlprompt | speedup (median, range) |")
     print("| --- | --- | --- | --- |")
     for label, text in text_rows.items():
         print(f"| text encoder, {label}: {text['positions'][0]} positions vs up to each prompt's EOT (longest "
@@ -716,7 +728,7 @@ def print_speed_table(results, args, device):
     print(f"| of which the caching alone: truncated text per batch vs once | {1000 * cache_only['slow_s']:.1f} ms "
           f"| {1000 * cache_only['fast_s']:.1f} ms | {cache_only['median']:.2f}x "
           f"({cache_only['min']:.2f}-{cache_only['max']:.2f}) |")
-    print(f"(one text pass over {args.classes[-1]} classes: {ev['text_full_s']:.2f} s full length, "
+    print(f"(one text pass over {args.text_classes} classes: {ev['text_full_s']:.2f} s full length, "
           f"{ev['text_s']:.2f} s "
           f"truncated; one test batch of images: {ev['batch_s']:.2f} s)")
     worst = max(t["max_abs_diff"] for t in text_rows.values())
