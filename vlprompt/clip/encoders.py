@@ -46,9 +46,9 @@ def _block_forward(block, x: torch.Tensor, attn_mask=None, causal: bool = False)
     Without autograd: the block itself (open_clip's forward; PyTorch's fused inference attention where it
     applies). Under autograd, nn.MultiheadAttention transposes a batch-first input to [L, B, d] before its
     input projection, and on that non-contiguous view PyTorch's matmul runs a batched matmul over the weight
-    expanded per position ([L, B, d] x [L, d, 3d]) instead of one matrix product: for ViT-B/16 that was 1.2 of
-    3.1 s of a MaPLe training step (README, Performance). So the training pass computes the same block on x as
-    laid out: one input projection, scaled_dot_product_attention (causal without a mask tensor for the text
+    expanded per position ([L, B, d] x [L, d, 3d]) instead of one matrix product: for ViT-B/16 about a fifth
+    of a MaPLe training step's CPU time (README, Performance). So the training pass computes the same block on
+    x as laid out: one input projection, scaled_dot_product_attention (causal without a mask tensor for the text
     tower), the output projection; same values within float rounding."""
     if not (torch.is_grad_enabled() and _trains_through(block)):
         return block(x, attn_mask=attn_mask)
