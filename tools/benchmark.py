@@ -154,14 +154,13 @@ def write_class_list(workdir, classnames):
 
 
 class PeakMemory:
-    """Peak memory over a stretch of code. CUDA: torch.cuda.max_memory_allocated (everything allocated on the
-    device, the model included). CPU: how far the process's peak resident memory (VmHWM, reset through
-    /proc/self/clear_refs) rose above its resident memory at the start."""
+    """How far memory rose over a stretch of code, at its peak. CUDA: torch.cuda.max_memory_allocated above
+    what was allocated at the start (the model excluded). CPU: how far the process's peak resident memory
+    (VmHWM, reset through /proc/self/clear_refs) rose above its resident memory at the start."""
 
     def __init__(self, device):
         self.device = device
-        self.what = ("CUDA max allocated, model included" if device.type == "cuda"
-                     else "CPU peak RSS increase over the steps")
+        self.what = ("CUDA max allocated increase" if device.type == "cuda" else "CPU peak RSS increase")
 
     @staticmethod
     def _status_kb(field):
@@ -171,6 +170,7 @@ class PeakMemory:
     def start(self):
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
+            self.start_bytes = torch.cuda.memory_allocated(self.device)
             return
         gc.collect()
         with contextlib.suppress(OSError, AttributeError):  # hand freed memory back, so the baseline is real
@@ -181,7 +181,7 @@ class PeakMemory:
 
     def peak_mb(self):
         if self.device.type == "cuda":
-            return torch.cuda.max_memory_allocated(self.device) / MB
+            return (torch.cuda.max_memory_allocated(self.device) - self.start_bytes) / MB
         return (self._status_kb("VmHWM") - self.start_kb) * 1024 / MB
 
 
@@ -543,7 +543,8 @@ def print_speedup_table(results, device):
           "rounds after a warm-up; the official step is re-created in tools/benchmark.py on the same parameters "
           "(77 positions per prompt, sequence-first blocks, per-layer prompt concatenation). HiCroPL: the default "
           "(differentiable) mapper mode, which also trains the 33 M mapper values; HiCroPL-official: the official "
-          f"mode, against the same official step.\n* {first['peak_memory_measure']} of each step; MB = 2^20 bytes.")
+          f"mode, against the same official step.\n* {first['peak_memory_measure']} over one step; MB = 2^20 "
+          "bytes.")
     checkpointed = [(c, name, row) for c in counts for name, row in training[c].items() if "grad_checkpointing" in row]
     if checkpointed:
         print("\n| trainer (classes, batch) | step time with / without TRAIN.GRAD_CHECKPOINTING (median, range) "
@@ -572,7 +573,8 @@ def print_training_table(training, num_classes, device):
               f"| {row['official_checkpoint_bytes'] / MB:.1f} ({row['official_checkpoint_holds']}) "
               f"| {100 * row['checkpoint_fraction']:.2f}% ({100 * row['resume_checkpoint_fraction']:.2f}%; "
               f"{100 * row['learned_parameter_fraction']:.2f}%) |")
-    print(f"* {first['peak_memory_measure']}; MB = 2^20 bytes. Steps: forward, loss, backward, optimizer step "
+    print(f"* {first['peak_memory_measure']} over one step; MB = 2^20 bytes. Steps: forward, loss, backward, "
+          "optimizer step "
           f"on random images ({first['steps']} timed after 1 warm-up).\n"
           "Checkpoint: the file a finished run keeps (the learned parameters in fp32); a resume point, written "
           "every TRAIN.CHECKPOINT_FREQ epochs when asked for, adds the optimizer's state (SGD one momentum, Adam "

@@ -199,7 +199,8 @@ class BMIPModel(PromptedCLIP):
     def class_state(self):
         pl = self.prompt_learner
         embeddings = pl.template.assemble(pl.ctx_t)
-        if pl.connect == "None" and pl.text_score == "later_tokens":  # the hook reads the hidden state
+        if pl.connect == "None" and (pl.text_score == "later_tokens" or not self.text_encoder.causal):
+            # the scores depend on the hidden state: the hook reads them over the whole batch
             text = self.text_encoder(embeddings, pl.template.eot_index, hook=self.text_hook)
         else:
             # Official row 0 under the causal mask: SOS attends only to itself, so every prompt column scores
