@@ -228,3 +228,69 @@ def test_tiny_model_is_deterministic_and_small(tiny_clip):
     assert n < 5_000_000
     assert len(tiny_clip.visual.transformer.resblocks) == 12 and len(tiny_clip.transformer.resblocks) == 12
     assert tiny_clip.context_length == 77
+
+
+@pytest.mark.parametrize("tower", ["text", "vision"])
+def test_training_block_pass_equals_open_clip_block(tiny_clip, tower):
+    """Under autograd the encoders compute open_clip's residual block themselves (on the batch-first layout);
+    values and gradients equal open_clip's own forward of the block."""
+    from vlprompt.clip.encoders import _block_forward
+
+    transformer = tiny_clip.transformer if tower == "text" else tiny_clip.visual.transformer
+    mask = tiny_clip.attn_mask[:9, :9] if tower == "text" else None
+    torch.manual_seed(0)
+    x = torch.randn(3, 9, transformer.width, requires_grad=True)
+    for block in transformer.resblocks[:3]:
+        ours = _block_forward(block, x, mask, causal=tower == "text")
+        reference = block(x, attn_mask=mask)
+        torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
+        weights = torch.randn_like(ours)
+        grad_ours, = torch.autograd.grad((ours * weights).sum(), x)
+        grad_ref, = torch.autograd.grad((reference * weights).sum(), x)
+        torch.testing.assert_close(grad_ours, grad_ref, rtol=1e-5, atol=1e-5)
+        # with an explicit (non-causal) mask tensor too
+        blocked = torch.zeros(9, 9).masked_fill(torch.rand(9, 9) < 0.3, float("-inf")).fill_diagonal_(0)
+        torch.testing.assert_close(_block_forward(block, x, blocked), block(x, attn_mask=blocked),
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_encoders_under_autograd_equal_inference(tiny_clip, tokenizer):
+    """Features with gradients recorded (the encoders' own block pass) equal those without (open_clip's blocks),
+    and the text tower knows open_clip's mask is causal."""
+    text_enc, image_enc = PromptedTextEncoder(tiny_clip), PromptedImageEncoder(tiny_clip)
+    assert text_enc.causal
+    tokens = tokenizer(TEXTS)
+    images = torch.randn(2, 3, 224, 224)
+    prompts = torch.randn(2, image_enc.width, requires_grad=True)
+    with torch.no_grad():
+        text_ref, image_ref = text_enc.encode_tokens(tokens), image_enc(images, prompts=prompts)
+    torch.testing.assert_close(text_enc.encode_tokens(tokens), text_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(image_enc(images, prompts=prompts), image_ref, rtol=1e-5, atol=1e-5)
+
+
+def test_length_groups_pass_cost_keeps_few_prompts_in_one_pass():
+    """A fixed cost per pass: the split minimises positions + pass_cost x groups (brute force), so a few prompts
+    run in one pass while many prompts of spread lengths still split."""
+    import itertools
+
+    from vlprompt.clip.encoders import PASS_COST_POSITIONS, length_groups
+
+    few = torch.tensor([6, 7, 7, 8, 9, 12, 14, 9, 8, 7])  # 10 class prompts
+    assert len(length_groups(few, pass_cost=0, min_saving=0)) > 1
+    assert len(length_groups(few, pass_cost=PASS_COST_POSITIONS["cpu"])) == 1
+    many = torch.tensor([6] * 400 + [10] * 300 + [16] * 200 + [30] * 100)
+    assert len(length_groups(many, pass_cost=PASS_COST_POSITIONS["cpu"])) == 4
+    assert len(length_groups(many, pass_cost=PASS_COST_POSITIONS["cuda"])) == 3
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(20):
+        lengths = torch.randint(3, 30, (int(torch.randint(1, 80, (1,), generator=gen)),), generator=gen)
+        cost_per_pass = float(torch.randint(0, 200, (1,), generator=gen))
+        groups = length_groups(lengths, pass_cost=cost_per_pass, min_saving=0)
+        cost = sum(len(r) * length for r, length in groups) + cost_per_pass * len(groups)
+        values = sorted(set(lengths.tolist()))
+        best = min(
+            sum(sum(int((lengths == v).sum()) for v in part) * max(part)
+                for part in (values[a:b] for a, b in zip((0, *cuts), (*cuts, len(values))))) + cost_per_pass * (k + 1)
+            for k in range(min(4, len(values)))
+            for cuts in itertools.combinations(range(1, len(values)), k))
+        assert cost == best

@@ -251,7 +251,7 @@ def test_descriptions_file_folder_and_template_fallback(tiny_clip, tokenizer, tm
     sentences["car"] = ["a truck."]
     path.write_text(json.dumps(sentences))
     changed = teacher_text_features(encoder, tokenizer, CLASSES, path, "Toy")
-    assert not torch.allclose(changed[2], feats[2]) and torch.allclose(changed[0], feats[0])
+    assert not torch.allclose(changed[2], feats[2]) and torch.allclose(changed[0], feats[0], atol=1e-6)
     teacher_text_features(encoder, tokenizer, CLASSES[:2], path, "Toy")
     assert len(list((cache / "hicropl_text").iterdir())) == 3
 

@@ -11,23 +11,72 @@ from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
+from open_clip.transformer import ResidualAttentionBlock
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 LayerHook = Callable[[int, torch.Tensor, nn.Module], Optional[torch.Tensor]]
 
 
-def _run_blocks(transformer, x, replace_prompts, deep_prompts=None, hook=None, attn_mask=None):
-    """Run every block of an open_clip Transformer, inserting deep prompts and calling the hook first."""
+def _self_attention(attn: nn.MultiheadAttention, x: torch.Tensor, attn_mask, causal: bool) -> torch.Tensor:
+    """nn.MultiheadAttention(x, x, x) on a batch-first x [B, L, d], computed on x as laid out."""
+    B, L, d = x.shape
+    heads = attn.num_heads
+    qkv = F.linear(x, attn.in_proj_weight, attn.in_proj_bias).view(B, L, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
+    if causal:
+        attn_mask = None
+    elif attn_mask is not None:
+        attn_mask = attn_mask.to(qkv.dtype)
+    q, k, v = qkv.unbind(0)  # one stack in the backward pass, where indexing would zero-fill three buffers
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=causal,
+                                         dropout_p=attn.dropout if attn.training else 0.0)
+    return attn.out_proj(out.transpose(1, 2).reshape(B, L, d))
+
+
+def _trains_through(block) -> bool:
+    """Blocks whose training pass _block_forward computes itself: open_clip's plain batch-first residual block."""
+    return (type(block) is ResidualAttentionBlock and not hasattr(block, "ln_1_kv")
+            and isinstance(block.attn, nn.MultiheadAttention) and block.attn.batch_first
+            and block.attn.in_proj_weight is not None and block.attn.bias_k is None)
+
+
+def _block_forward(block, x: torch.Tensor, attn_mask=None, causal: bool = False) -> torch.Tensor:
+    """One residual block on a batch-first x [B, L, d].
+
+    Without autograd: the block itself (open_clip's forward; PyTorch's fused inference attention where it
+    applies). Under autograd, nn.MultiheadAttention transposes a batch-first input to [L, B, d] before its
+    input projection, and on that non-contiguous view PyTorch's matmul runs a batched matmul over the weight
+    expanded per position ([L, B, d] x [L, d, 3d]) instead of one matrix product: for ViT-B/16 about a fifth
+    of a MaPLe training step's CPU time (README, Performance). So the training pass computes the same block on
+    x as laid out: one input projection, scaled_dot_product_attention (causal without a mask tensor for the text
+    tower), the output projection; same values within float rounding."""
+    if not (torch.is_grad_enabled() and _trains_through(block)):
+        return block(x, attn_mask=attn_mask)
+    x = x + block.ls_1(_self_attention(block.attn, block.ln_1(x), attn_mask, causal))
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+
+def _run_blocks(transformer, x, replace_prompts, deep_prompts=None, hook=None, attn_mask=None, causal=False,
+                grad_checkpointing=False):
+    """Run every block of an open_clip Transformer, inserting deep prompts and calling the hook first.
+
+    grad_checkpointing: keep only each block's input for the backward pass and recompute the block's
+    activations there (torch.utils.checkpoint), when autograd records this pass."""
+    checkpointed = grad_checkpointing and torch.is_grad_enabled()
     for i, block in enumerate(transformer.resblocks):
         if i > 0 and deep_prompts is not None and i < len(deep_prompts) and deep_prompts[i] is not None:
             x = replace_prompts(x, deep_prompts[i])
         if hook is not None:
             out = hook(i, x, block)
             x = out if out is not None else x
-        if transformer.batch_first:
-            x = block(x, attn_mask=attn_mask)
+        if not transformer.batch_first:
+            x = x.transpose(0, 1)
+        if checkpointed and x.requires_grad:
+            x = checkpoint(_block_forward, block, x, attn_mask, causal, use_reentrant=False)
         else:
-            x = block(x.transpose(0, 1), attn_mask=attn_mask).transpose(0, 1)
+            x = _block_forward(block, x, attn_mask, causal)
+        if not transformer.batch_first:
+            x = x.transpose(0, 1)
     return x
 
 
@@ -70,11 +119,23 @@ def attention_probs(block, x: torch.Tensor, rows, cols, attn_mask: Optional[torc
     return scores.softmax(dim=-1)[..., cols].mean(dim=1)
 
 
-def length_groups(lengths: torch.Tensor, max_groups: int = 4, min_saving: float = 0.1):
+# The fixed cost of one more pass through a text tower (its per-layer kernel launches, weight reads and Python
+# overhead), in prompt positions of work. CPU: a ViT-B/16 text tower's forward and backward pass took ~0.1 s
+# more than its ~3 ms per position on this project's 2-core machine (noisy). CUDA: an estimate, not measured
+# here: a few ms of launches per pass against ~1-2 us per position.
+PASS_COST_POSITIONS = {"cpu": 64, "cuda": 2048}
+
+
+def pass_cost(device: torch.device) -> int:
+    return PASS_COST_POSITIONS.get(device.type, PASS_COST_POSITIONS["cuda"])
+
+
+def length_groups(lengths: torch.Tensor, max_groups: int = 4, min_saving: float = 0.1, pass_cost: float = 0):
     """Split rows of sequence lengths `lengths` [N] into at most `max_groups` groups of similar length, each run
-    up to its own longest row: the split that runs the fewest positions in all (sum over groups of rows x
-    longest length; a small dynamic programme over the distinct lengths). A single group unless splitting runs
-    at least `min_saving` fewer positions, since every group is one more pass through the tower.
+    up to its own longest row: the split of least cost, where a split costs the positions it runs (sum over
+    groups of rows x longest length; a small dynamic programme over the distinct lengths) plus `pass_cost`
+    positions per group, the fixed cost of a pass through the tower. So few prompts run in one pass. A single
+    group also unless splitting runs at least `min_saving` fewer positions.
     Returns [(row indices, length)] in order of length."""
     values, inverse, counts = torch.unique(lengths.cpu(), return_inverse=True, return_counts=True)
     values, counts = values.tolist(), counts.tolist()
@@ -92,7 +153,7 @@ def length_groups(lengths: torch.Tensor, max_groups: int = 4, min_saving: float 
                 cost = best[k - 1][i - 1] + rows * values[j - 1]
                 if cost < best[k][j]:
                     best[k][j], cut[k][j] = cost, i - 1
-    k = min(range(1, max_groups + 1), key=lambda g: best[g][u])
+    k = min(range(1, max_groups + 1), key=lambda g: best[g][u] + g * pass_cost)
     if best[k][u] > (1 - min_saving) * best[1][u]:
         k = 1
     bounds, j = [], u
@@ -153,6 +214,11 @@ class PromptedTextEncoder(nn.Module):
         self.text_projection = clip_model.text_projection
         self.register_buffer("attn_mask", clip_model.attn_mask, persistent=False)
         self.context_length = clip_model.context_length
+        mask = clip_model.attn_mask
+        # open_clip's causal mask: attention can then run causal without a mask tensor (see _block_forward)
+        self.causal = mask is not None and torch.equal(
+            mask.float(), torch.full_like(mask, float("-inf"), dtype=torch.float).triu(1))
+        self.grad_checkpointing = False  # recompute block activations in the backward pass (_run_blocks)
         self._groups_of = None  # (eot_index, its version, length_groups of it): see _length_groups
 
     @property
@@ -181,10 +247,10 @@ class PromptedTextEncoder(nn.Module):
     ) -> torch.Tensor:
         """Text features [N, embed_dim] from input embeddings [N, L, d] and EOT positions [N].
 
-        truncate: run each prompt only up to its EOT position: prompts are grouped by length (length_groups)
-        and each group runs up to its own longest EOT. Exact: the causal mask keeps every EOT output
-        independent of later positions. With a hook (which may look at the whole batch, as BMIP's does) all
-        prompts run together up to the last EOT.
+        truncate: run each prompt only up to its EOT position: prompts are grouped by length (length_groups,
+        with the device's fixed cost of a pass) and each group runs up to its own longest EOT. Exact: the
+        causal mask keeps every EOT output independent of later positions. With a hook (which may look at the
+        whole batch, as BMIP's does) all prompts run together up to the last EOT.
         """
         if not truncate:
             return self._run(embeddings, eot_index, embeddings.shape[1], deep_prompts, hook)
@@ -203,13 +269,15 @@ class PromptedTextEncoder(nn.Module):
         same at every training step and evaluation, and splitting it anew would cost a device sync each time."""
         cached = self._groups_of
         if cached is None or cached[0] is not eot_index or cached[1] != eot_index._version:
-            cached = self._groups_of = (eot_index, eot_index._version, length_groups(eot_index + 1))
+            groups = length_groups(eot_index + 1, pass_cost=pass_cost(eot_index.device))
+            cached = self._groups_of = (eot_index, eot_index._version, groups)
         return cached[2]
 
     def _run(self, embeddings, eot_index, length, deep_prompts, hook):
         x = embeddings[:, :length].to(self.dtype) + self.positional_embedding[:length]
         mask = self.attn_mask[:length, :length] if self.attn_mask is not None else None
-        x = _run_blocks(self.transformer, x, replace_text_prompts, deep_prompts, hook, mask)
+        x = _run_blocks(self.transformer, x, replace_text_prompts, deep_prompts, hook, mask, self.causal,
+                        self.grad_checkpointing)
         x = self.ln_final(x[torch.arange(x.shape[0], device=x.device), eot_index])
         proj = self.text_projection
         if proj is None:
@@ -230,6 +298,7 @@ class PromptedImageEncoder(nn.Module):
         self.visual = visual
         self.is_vit = hasattr(visual, "conv1") and hasattr(visual, "class_embedding")
         check_prompted_clip(clip_model)
+        self.grad_checkpointing = False  # recompute block activations in the backward pass (_run_blocks)
 
     @property
     def width(self) -> int:
@@ -270,6 +339,7 @@ class PromptedImageEncoder(nn.Module):
         if prompts is not None:  # after the positional embedding, before ln_pre, as the official MaPLe code
             x = torch.cat([x, _expand(prompts, x.shape[0]).to(x.dtype)], dim=1)
         x = v.ln_pre(x)
-        x = _run_blocks(v.transformer, x, replace_vision_prompts, deep_prompts, hook)
+        x = _run_blocks(v.transformer, x, replace_vision_prompts, deep_prompts, hook,
+                        grad_checkpointing=self.grad_checkpointing)
         x = v.ln_post(x[:, 0])
         return x @ v.proj if v.proj is not None else x

@@ -193,6 +193,9 @@ _C.TRAIN.PATIENT_COUNT = 0
 # vlprompt, under torchrun: DistributedDataParallel's find_unused_parameters, for a method whose loss does
 # not reach every trainable parameter in every step (DDP stops with an error naming this option otherwise)
 _C.TRAIN.DDP_FIND_UNUSED_PARAMETERS = False
+# vlprompt: recompute the frozen towers' block activations in the backward pass instead of keeping them
+# (less memory for many classes or large batches, about one more forward pass of time)
+_C.TRAIN.GRAD_CHECKPOINTING = False
 
 ###########################
 # Test

@@ -127,6 +127,8 @@ class CLIPPromptTrainer(TrainerBase):
         print(f"Building custom CLIP ({type(self).__name__})")
         with self._init_rng():
             self.model = self.build_clip_model(clip_model, classnames)
+        self.model.text_encoder.grad_checkpointing = cfg.TRAIN.GRAD_CHECKPOINTING
+        self.model.image_encoder.grad_checkpointing = cfg.TRAIN.GRAD_CHECKPOINTING
         learnable = getattr(self.model, self.learnable_name, None) if self.learnable_name else None
         for name, p in self.model.named_parameters():
             p.requires_grad_(learnable is not None and name.startswith(self.learnable_name + "."))

@@ -236,7 +236,18 @@ class BMIPModel(PromptedCLIP):
     def class_state(self):
         pl = self.prompt_learner
         embeddings = pl.template.assemble(pl.ctx_t)
-        text = self.text_encoder(embeddings, pl.template.eot_index, hook=self.text_hook)
+        if pl.connect == "None" and (pl.text_score == "later_tokens" or not self.text_encoder.causal):
+            # the scores depend on the hidden state: the hook reads them over the whole batch
+            text = self.text_encoder(embeddings, pl.template.eot_index, hook=self.text_hook)
+        else:
+            # Official row 0 under the causal mask: SOS attends only to itself, so every prompt column scores
+            # exactly 0 (text_hook computes the same) and the text prompts do not depend on the hidden state:
+            # plain deep prompts, which lets the text tower run its truncated, length-grouped path.
+            scores = embeddings.new_zeros(pl.n_ctx, dtype=torch.float)
+            deep = [None] + [pl.aggregate(pl.compound_prompts_text[k], pl.foreign_text(k),
+                                          pl.mix_weights(pl.text_mix[k], scores) if pl.connect == "None" else None)
+                             for k in range(max(pl.depth - 2, 0))]  # text layers 1..J-2, as text_hook
+            text = self.text_encoder(embeddings, pl.template.eot_index, deep_prompts=deep)
         vision_foreign = [pl.foreign_vision(k) for k in range(pl.depth - 1)]
         return {"text": text, "vision_first": pl.first_vision_prompt(), "vision_foreign": vision_foreign}
 
