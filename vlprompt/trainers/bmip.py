@@ -35,8 +35,8 @@ from vlprompt.clip.text_prompt import ClassPromptTemplate, clean_classname, init
 from vlprompt.config import CfgNode, register_config_extension
 from vlprompt.engine.trainer import TRAINER_REGISTRY
 
-from .base import PromptedCLIP, check_depth, map_official_key, prompt_vectors
-from .compose import STRUCTURE_REGISTRY, ComposedTrainer
+from .base import check_depth, map_official_key, prompt_vectors
+from .compose import STRUCTURE_REGISTRY, ComposedTrainer, PromptStructure
 
 CONNECT_METHODS = ("None", "add", "atten", "joint")
 TEXT_SCORES = ("row0", "later_tokens")
@@ -161,7 +161,7 @@ _UNUSED_OFFICIAL = ("ctx_v", "proj_v.", "exchange_layer_v.", "exchange_layer_t."
 
 
 @STRUCTURE_REGISTRY.register(name="BMIP")
-class BMIPModel(PromptedCLIP):
+class BMIPModel(PromptStructure):
     """The BMIP prompt structure (attention-weighted bi-directional mixing of the two towers' prompts)."""
 
     config_key = "BMIP"
@@ -175,10 +175,6 @@ class BMIPModel(PromptedCLIP):
     def from_config(cls, clip_model, tokenizer, classnames, node, cfg):
         share = cfg.SHARE
         return cls(clip_model, tokenizer, classnames, node, share.SHARE_PARAMETER_VISUAL, share.SHARE_PARAMETER_TEXT)
-
-    @staticmethod
-    def apply_sizes(node, sizes):
-        node.N_CTX, node.PROMPT_DEPTH, node.CTX_INIT = sizes.n_text, sizes.depth, sizes.ctx_init
 
     @staticmethod
     def official_key(key, node):

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from vlprompt.utils.registry import Registry
 
-from .base import CLIPPromptTrainer
+from .base import CLIPPromptTrainer, PromptedCLIP, map_official_key
 
 STRUCTURE_REGISTRY = Registry("prompt structure")
 OBJECTIVE_REGISTRY = Registry("objective")
@@ -36,6 +36,27 @@ class PromptSizes:
         self.n_text, self.n_vision = n_text, n_vision
         self.depth_text, self.depth_vision, self.depth = depth_text, depth_vision, depth
         self.ctx_init = ctx_init
+
+
+class PromptStructure(PromptedCLIP):
+    """The base of a registered structure. Its defaults fit a structure built from its node alone with one context
+    length and one depth (MaPLe); others override them."""
+
+    config_key = ""
+    official_key_map = ()  # (regex, replacement) pairs for official whole-model checkpoint keys
+
+    @classmethod
+    def from_config(cls, clip_model, tokenizer, classnames, node, cfg):
+        return cls(clip_model, tokenizer, classnames, node)
+
+    @staticmethod
+    def apply_sizes(node, sizes):
+        """Set the node's prompt sizes from another trainer's node (PromptSizes)."""
+        node.N_CTX, node.PROMPT_DEPTH, node.CTX_INIT = sizes.n_text, sizes.depth, sizes.ctx_init
+
+    @classmethod
+    def official_key(cls, key, node):
+        return map_official_key(key, cls.official_key_map)
 
 
 class Objective:

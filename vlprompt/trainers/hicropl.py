@@ -37,8 +37,8 @@ from vlprompt.clip.text_prompt import ClassPromptTemplate, deep_prompt_context
 from vlprompt.config import CfgNode, register_config_extension
 from vlprompt.engine.trainer import TRAINER_REGISTRY
 
-from .base import CLIPPromptTrainer, PromptedCLIP, check_depth, map_official_key, prompt_vectors
-from .compose import STRUCTURE_REGISTRY
+from .base import CLIPPromptTrainer, check_depth, map_official_key, prompt_vectors
+from .compose import STRUCTURE_REGISTRY, PromptStructure
 from .text_targets import cached_text_targets, class_sentences, find_descriptions  # noqa: F401 (find_descriptions: API)
 from .zsclip import ensemble_text_features
 
@@ -191,7 +191,7 @@ def fuse(features: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
 
 
 @STRUCTURE_REGISTRY.register(name="HiCroPL")
-class HiCroPLPrompts(PromptedCLIP):
+class HiCroPLPrompts(PromptStructure):
     """HiCroPL's prompt structure alone (prompts at every layer, knowledge mapper and proxies), without its
     teacher fusion and distillation: the foundation other objectives (PromptSRC, CoPrompt) can run over. Under
     another objective the mapper is differentiable (MAPPER_MODE official writes parameters from HiCroPL's own
@@ -203,13 +203,9 @@ class HiCroPLPrompts(PromptedCLIP):
         super().__init__(clip_model)
         self.prompt_learner = CrossModalPromptLearner(self.text_encoder, self.image_encoder, tokenizer, classnames, c)
 
-    @classmethod
-    def from_config(cls, clip_model, tokenizer, classnames, node, cfg):
-        return cls(clip_model, tokenizer, classnames, node)
-
     @staticmethod
     def apply_sizes(node, sizes):
-        node.N_CTX, node.PROMPT_DEPTH, node.CTX_INIT = sizes.n_text, sizes.depth, sizes.ctx_init
+        PromptStructure.apply_sizes(node, sizes)
         node.CROSS_LAYER = min(node.CROSS_LAYER, sizes.depth)
 
     @staticmethod

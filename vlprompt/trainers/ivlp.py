@@ -14,8 +14,8 @@ from vlprompt.clip.text_prompt import ClassPromptTemplate, deep_prompt_context
 from vlprompt.config import CfgNode, register_config_extension
 from vlprompt.engine.trainer import TRAINER_REGISTRY
 
-from .base import PromptedCLIP, check_depth, layer_minus_one, map_official_key, prompt_vectors
-from .compose import STRUCTURE_REGISTRY, ComposedTrainer
+from .base import check_depth, layer_minus_one, prompt_vectors
+from .compose import STRUCTURE_REGISTRY, ComposedTrainer, PromptStructure
 
 
 @register_config_extension
@@ -59,7 +59,7 @@ class IVLPPromptLearner(nn.Module):
 
 
 @STRUCTURE_REGISTRY.register(name="IVLP")
-class IVLPModel(PromptedCLIP):
+class IVLPModel(PromptStructure):
     """The IVLP prompt structure (independent deep prompts in both towers)."""
 
     config_key = "IVLP"
@@ -76,19 +76,11 @@ class IVLPModel(PromptedCLIP):
         super().__init__(clip_model)
         self.prompt_learner = IVLPPromptLearner(self.text_encoder, self.image_encoder, tokenizer, classnames, c)
 
-    @classmethod
-    def from_config(cls, clip_model, tokenizer, classnames, node, cfg):
-        return cls(clip_model, tokenizer, classnames, node)
-
     @staticmethod
     def apply_sizes(node, sizes):
         node.N_CTX_TEXT, node.N_CTX_VISION = sizes.n_text, sizes.n_vision
         node.PROMPT_DEPTH_TEXT, node.PROMPT_DEPTH_VISION = sizes.depth_text, sizes.depth_vision
         node.CTX_INIT = sizes.ctx_init
-
-    @classmethod
-    def official_key(cls, key, node):
-        return map_official_key(key, cls.official_key_map)
 
     def class_state(self):
         pl = self.prompt_learner

@@ -16,8 +16,8 @@ from vlprompt.clip.text_prompt import ClassPromptTemplate, deep_prompt_context
 from vlprompt.config import CfgNode, register_config_extension
 from vlprompt.engine.trainer import TRAINER_REGISTRY
 
-from .base import PromptedCLIP, check_depth, map_official_key, prompt_vectors
-from .compose import STRUCTURE_REGISTRY, ComposedTrainer
+from .base import check_depth, prompt_vectors
+from .compose import STRUCTURE_REGISTRY, ComposedTrainer, PromptStructure
 
 
 @register_config_extension
@@ -53,7 +53,7 @@ class MultiModalPromptLearner(nn.Module):
 
 
 @STRUCTURE_REGISTRY.register(name="MaPLe")
-class MaPLeModel(PromptedCLIP):
+class MaPLeModel(PromptStructure):
     """The MaPLe prompt structure (text prompts coupled into the vision tower)."""
 
     config_key = "MAPLE"
@@ -62,18 +62,6 @@ class MaPLeModel(PromptedCLIP):
     def __init__(self, clip_model, tokenizer, classnames, c):
         super().__init__(clip_model)
         self.prompt_learner = MultiModalPromptLearner(self.text_encoder, self.image_encoder, tokenizer, classnames, c)
-
-    @classmethod
-    def from_config(cls, clip_model, tokenizer, classnames, node, cfg):
-        return cls(clip_model, tokenizer, classnames, node)
-
-    @staticmethod
-    def apply_sizes(node, sizes):
-        node.N_CTX, node.PROMPT_DEPTH, node.CTX_INIT = sizes.n_text, sizes.depth, sizes.ctx_init
-
-    @classmethod
-    def official_key(cls, key, node):
-        return map_official_key(key, cls.official_key_map)
 
     def class_state(self):
         embeddings, text_deep, vision_first, vision_deep = self.prompt_learner()
