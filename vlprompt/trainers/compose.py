@@ -1,9 +1,10 @@
 """Methods compose: a prompt STRUCTURE (how each layer's prompts are made) trained under an OBJECTIVE (the loss,
 and what it needs beyond the structure).
 
-- A structure is a PromptedCLIP subclass registered in STRUCTURE_REGISTRY (IVLP, MaPLe, BMIP, HiCroPL). It reads its own
-  node cfg.TRAINER.<config_key>, makes the text features (class_state()["text"]) and the prompted image
-  features (encode_image(images, state)), and knows the official checkpoint keys of its parameters.
+- A structure is a PromptStructure (a PromptedCLIP) registered in STRUCTURE_REGISTRY (IVLP, MaPLe, BMIP,
+  HiCroPL). It reads its own node cfg.TRAINER.<config_key>, makes the text features (class_state()["text"]) and
+  the prompted image features (encode_image(images, state)), and knows the official checkpoint keys of its
+  parameters.
 - An objective is registered in OBJECTIVE_REGISTRY (CE here; PromptSRC, CoPrompt in their files). It is built
   on a structure's model, may add buffers (frozen targets) and trainable heads to it, and computes the loss, the
   class state and the logits. Its teachers are the frozen towers of the same CLIP run without prompts: there is
@@ -137,7 +138,9 @@ class ComposedTrainer(CLIPPromptTrainer):
         return node
 
     def build_clip_model(self, clip_model, classnames):
-        model = self.structure_class.from_config(clip_model, self.tokenizer, classnames, self.structure_cfg(),
+        if getattr(self, "structure_node", None) is None:
+            self.structure_node = self.structure_cfg()
+        model = self.structure_class.from_config(clip_model, self.tokenizer, classnames, self.structure_node,
                                                  self.cfg)
         if getattr(self, "objective_impl", None) is None:  # one objective per run: it holds training state (GPA)
             self.objective_impl = OBJECTIVE_REGISTRY.get(self.objective)(self)
@@ -150,7 +153,7 @@ class ComposedTrainer(CLIPPromptTrainer):
         for pattern in self.official_dropped_keys + self.objective_impl.official_dropped_keys:
             if re.fullmatch(pattern, key):
                 return None
-        key = self.structure_class.official_key(key, self.structure_cfg())
+        key = self.structure_class.official_key(key, self.structure_node)
         return None if key is None or key in self.official_extra_keys else key
 
     def parse_batch_train(self, batch):

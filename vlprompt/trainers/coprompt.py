@@ -16,8 +16,9 @@
   --eval-only run with --model-dir takes the structure's sizes from that run's config.yaml, so a cross-dataset
   or domain-generalization evaluation rebuilds the trained structure (officially the target's table entry).
 
-Trainers: `CoPrompt` (structure TRAINER.CoPrompt.FOUNDATION: MaPLe (official), IVLP, BMIP or HiCroPL) and `CoPrompt_BMIP`
-(FOUNDATION BMIP; there is no official code: this project's reading of BMIP's Table 4, see docs/methods.md).
+Trainers: `CoPrompt` (structure TRAINER.CoPrompt.FOUNDATION: MaPLe (official), IVLP, BMIP or HiCroPL) and
+`CoPrompt_BMIP` (FOUNDATION BMIP; there is no official code: this project's reading of BMIP's Table 4, see
+docs/methods.md).
 """
 import os
 import random
