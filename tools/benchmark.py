@@ -542,9 +542,9 @@ def print_speedup_table(results, device):
     print(f"Speedup: the official training step's time / vlprompt's, median (range) over {first['steps']} interleaved "
           "rounds after a warm-up; the official step is re-created in tools/benchmark.py on the same parameters "
           "(77 positions per prompt, sequence-first blocks, per-layer prompt concatenation). HiCroPL: the default "
-          "(differentiable) mapper mode, which also trains the 33 M mapper values; HiCroPL-official: the official "
-          f"mode, against the same official step.\n* {first['peak_memory_measure']} over one step; MB = 2^20 "
-          "bytes.")
+          "(differentiable) mapper mode, which also trains the mapper (33 M values for ViT-B/16); HiCroPL-official: "
+          "the official mode, against the same official step.\n"
+          f"* {first['peak_memory_measure']} over one step; MB = 2^20 bytes.")
     checkpointed = [(c, name, row) for c in counts for name, row in training[c].items() if "grad_checkpointing" in row]
     if checkpointed:
         print("\n| trainer (classes, batch) | step time with / without TRAIN.GRAD_CHECKPOINTING (median, range) "
