@@ -9,9 +9,7 @@ import random
 
 import pytest
 import torch
-import torch.nn.functional as F
 import yaml
-from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 
 from vlprompt import cli
 from vlprompt.config import get_cfg_default, merge_from_file, merge_from_list
