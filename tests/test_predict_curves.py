@@ -41,7 +41,8 @@ def test_eval_every_leaves_the_final_results_bit_identical(tmp_path):
     last = history[-1]
     # the base run's own numbers: its base samples among its base classes, as its final evaluation
     assert last["accuracy"] == pytest.approx(final["accuracy"], abs=1e-9)
-    assert last["ece"] == pytest.approx(final["ece"], abs=1e-6)
+    # ECE in %: the curve point's logits come from the all-classes model, equal to float rounding
+    assert last["ece"] == pytest.approx(final["ece"], abs=1e-4)
     assert last["nll"] == pytest.approx(final["nll"], abs=1e-6)
     assert last["num_samples"] == final["num_samples"]
     # new classes and HM from the all-classes test set: those of an --eval-only run over all classes

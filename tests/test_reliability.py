@@ -33,7 +33,8 @@ def argv(data_root, out, *extra, workers=2, epochs=3):
 
 def subprocess_run(code, *args, **kwargs):
     """Run `code` in a fresh python (the CLI imported), with args as sys.argv[1:]."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO + os.pathsep + os.path.join(REPO, "tests"))
+    # the same intra-op thread count as this process: float reductions, and so the weights, depend on it
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()), PYTHONPATH=REPO + os.pathsep + os.path.join(REPO, "tests"))
     return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), *map(str, args)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
 
