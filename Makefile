@@ -19,8 +19,10 @@ venv: $(VENV)/.installed
 demo: venv
 	$(PY) tools/demo.py
 
+# Two test processes with one thread each: the tests' tiny models gain nothing from intra-op threads, and two
+# threaded processes on 2 cores wait on each other.
 test: venv
-	$(PY) -m pytest -q tests
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 tests
 
 # The open-world table (BMIP Table 1 layout) of CoOp, MaPLe and BMIP on miniature datasets with a tiny random CLIP,
 # on the CPU; docs/protocols.md gives the same command for real data and a real CLIP on GPUs.

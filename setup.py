@@ -23,6 +23,6 @@ setup(
         "numpy",
         "Pillow",
     ],
-    extras_require={"test": ["pytest"], "sweep": ["submitit"], "plot": ["matplotlib"]},
+    extras_require={"test": ["pytest", "pytest-xdist"], "sweep": ["submitit"], "plot": ["matplotlib"]},
     entry_points={"console_scripts": ["vlprompt-train=vlprompt.cli:main", "vlprompt-predict=vlprompt.predict:main"]},
 )
