@@ -66,18 +66,23 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def interleaved(fns, repeats, device):
-    """Time each function once per round, rounds repeated; the first round warms up and is dropped."""
-    times = {name: [] for name in fns}
+def interleaved(fns, repeats, device, memory=None):
+    """Time each function once per round, rounds repeated; the first round warms up and is dropped. With `memory`
+    (a PeakMemory), each call's peak memory too: then (times, peaks in MB) per function."""
+    times, peaks = {name: [] for name in fns}, {name: [] for name in fns}
     for r in range(repeats + 1):
         for name, fn in fns.items():
+            if memory is not None:
+                memory.start()
             sync(device)
             start = time.perf_counter()
             fn()
             sync(device)
             if r > 0:
                 times[name].append(time.perf_counter() - start)
-    return times
+                if memory is not None:
+                    peaks[name].append(memory.peak_mb())
+    return times if memory is None else (times, peaks)
 
 
 def ratio_summary(slow, fast):
@@ -404,17 +409,7 @@ def official_training_step(name, trainer, batch, full):
 def timed_steps(fns, repeats, device):
     """interleaved() for training steps, with each call's peak memory: (times, peaks in MB) per function."""
     memory = PeakMemory(device)
-    times, peaks = {name: [] for name in fns}, {name: [] for name in fns}
-    for r in range(repeats + 1):
-        for name, fn in fns.items():
-            memory.start()
-            sync(device)
-            start = time.perf_counter()
-            fn()
-            sync(device)
-            if r > 0:
-                times[name].append(time.perf_counter() - start)
-                peaks[name].append(memory.peak_mb())
+    times, peaks = interleaved(fns, repeats, device, memory)
     return times, peaks, memory.what
 
 
